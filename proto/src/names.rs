@@ -1,0 +1,40 @@
+//! Names and ports from the design page's table. Every crate takes them from
+//! here, so a port or label is changed in one place.
+
+/// API group of the `HTTPAutoscaler` CRD.
+pub const API_GROUP: &str = "inflight.dev";
+/// Namespace label that enables injection (`inflight.dev/inject=enabled`).
+pub const INJECT_LABEL: &str = "inflight.dev/inject";
+/// Pod annotation naming the app port the proxy forwards to.
+pub const PORT_ANNOTATION: &str = "inflight.dev/port";
+/// Annotation the injector stamps, with its version.
+pub const INJECTED_ANNOTATION: &str = "inflight.dev/injected";
+/// Label the injector stamps: `<kind>.<name>` of the owning workload.
+pub const WORKLOAD_LABEL: &str = "inflight.dev/workload";
+
+/// Name of the sidecar container.
+pub const PROXY_CONTAINER: &str = "inflight-proxy";
+/// Sidecar data port and its name.
+pub const PROXY_PORT: u16 = 15080;
+pub const PROXY_PORT_NAME: &str = "inflight-http";
+/// Sidecar admin port: `/metrics`, `/healthz`, `/readyz`, `/stats`.
+pub const PROXY_ADMIN_PORT: u16 = 15090;
+
+/// Aggregator: gRPC (KEDA external scaler and Ingest), SMI API, admin.
+pub const AGGREGATOR_GRPC_PORT: u16 = 9090;
+pub const AGGREGATOR_SMI_PORT: u16 = 6443;
+pub const AGGREGATOR_ADMIN_PORT: u16 = 15093;
+
+/// Activator data and admin ports.
+pub const ACTIVATOR_PORT: u16 = 8080;
+pub const ACTIVATOR_ADMIN_PORT: u16 = 15091;
+
+/// Injector webhook and admin ports.
+pub const INJECTOR_PORT: u16 = 8443;
+pub const INJECTOR_ADMIN_PORT: u16 = 15092;
+
+/// Operator admin port.
+pub const OPERATOR_ADMIN_PORT: u16 = 15094;
+
+/// Prefix of every Prometheus metric we export.
+pub const METRIC_PREFIX: &str = "inflight";
