@@ -1,0 +1,198 @@
+//! Command line and environment. Every flag has an environment twin, so the
+//! injector can set them on the container and scripts can set them on a shell.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+use http::uri::Authority;
+use inflight_proto::v1::{PodIdentity, WorkloadRef};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "inflight-proxy",
+    version,
+    about = "Per-pod reverse proxy: counts the requests in flight to the app and reports them to the inflight aggregators"
+)]
+pub struct Config {
+    /// Address clients connect to (HTTP/1.1 and h2c on one port).
+    #[arg(long, env = "INFLIGHT_LISTEN", default_value = "0.0.0.0:15080")]
+    pub listen: SocketAddr,
+
+    /// Admin server: /metrics, /healthz, /readyz, /stats.
+    #[arg(long, env = "INFLIGHT_ADMIN_LISTEN", default_value = "0.0.0.0:15090")]
+    pub admin_listen: SocketAddr,
+
+    /// The app, as HOST:PORT (normally 127.0.0.1:<port>).
+    #[arg(long, env = "INFLIGHT_UPSTREAM", value_parser = parse_upstream)]
+    pub upstream: Authority,
+
+    /// Aggregator addresses (URL or HOST:PORT), comma-separated; a name that
+    /// resolves to several addresses gets a stream to each. None: no reports.
+    #[arg(long, env = "INFLIGHT_AGGREGATOR", value_delimiter = ',')]
+    pub aggregator: Vec<String>,
+
+    /// The workload this pod belongs to, KIND/NAME (e.g. deployment/web).
+    /// Default: the pod itself (pod/<POD_NAME>).
+    #[arg(long, env = "INFLIGHT_WORKLOAD", value_parser = parse_workload)]
+    pub workload: Option<(String, String)>,
+
+    /// How often a report is sent.
+    #[arg(long, env = "INFLIGHT_REPORT_INTERVAL", default_value = "1s", value_parser = parse_positive_duration)]
+    pub report_interval: Duration,
+
+    /// After SIGTERM, keep serving at least this long, so callers notice the
+    /// pod is leaving before its port closes.
+    #[arg(long, env = "INFLIGHT_DRAIN_PERIOD", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_period: Duration,
+
+    /// After SIGTERM, exit after at most this long even with requests in
+    /// flight (keep it below the pod's terminationGracePeriodSeconds).
+    #[arg(long, env = "INFLIGHT_DRAIN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Answer 504 when the app has not sent response headers within this long.
+    #[arg(long, env = "INFLIGHT_UPSTREAM_TIMEOUT", value_parser = parse_positive_duration)]
+    pub upstream_timeout: Option<Duration>,
+
+    /// Add X-Forwarded-For and X-Forwarded-Proto to forwarded requests.
+    #[arg(long, env = "INFLIGHT_FORWARDED_HEADERS", default_value_t = true, action = ArgAction::Set)]
+    pub forwarded_headers: bool,
+
+    /// Worker threads (default: the CPUs this process may use).
+    #[arg(long, env = "INFLIGHT_THREADS")]
+    pub threads: Option<usize>,
+
+    /// This pod's name (downward API).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// This pod's namespace (downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub pod_namespace: String,
+
+    /// This pod's IP (downward API).
+    #[arg(long, env = "POD_IP", default_value = "")]
+    pub pod_ip: String,
+}
+
+fn parse_upstream(text: &str) -> Result<Authority, String> {
+    let authority: Authority = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not HOST:PORT: {e}"))?;
+    if authority.port_u16().is_none() {
+        return Err(format!(
+            "{text:?} has no port: give the app as HOST:PORT, e.g. 127.0.0.1:8080"
+        ));
+    }
+    if text.contains('@') || text.contains('/') {
+        return Err(format!("{text:?} is not HOST:PORT"));
+    }
+    Ok(authority)
+}
+
+fn parse_workload(text: &str) -> Result<(String, String), String> {
+    match text.split_once('/') {
+        Some((kind, name)) if !kind.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((kind.to_ascii_lowercase(), name.to_owned()))
+        }
+        _ => Err(format!("{text:?} is not KIND/NAME, e.g. deployment/web")),
+    }
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("{text:?}: must be more than zero"));
+    }
+    Ok(d)
+}
+
+impl Config {
+    /// The pod's name: POD_NAME, else the host name (a pod's host name is its name).
+    pub fn pod_name(&self) -> String {
+        self.pod_name
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".to_owned())
+    }
+
+    pub fn identity(&self) -> PodIdentity {
+        let pod = self.pod_name();
+        let (kind, name) = self
+            .workload
+            .clone()
+            .unwrap_or_else(|| ("pod".to_owned(), pod.clone()));
+        PodIdentity {
+            namespace: self.pod_namespace.clone(),
+            pod,
+            workload: Some(WorkloadRef {
+                namespace: self.pod_namespace.clone(),
+                kind,
+                name,
+            }),
+            pod_ip: self.pod_ip.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("inflight-proxy").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_design_page() {
+        let c = parse(&["--upstream", "127.0.0.1:8080", "--pod-name", "web-1"]);
+        let c = c.map_err(|e| e.to_string());
+        assert!(c.is_ok(), "{c:?}");
+        let Ok(c) = c else { return };
+        assert_eq!(c.listen.port(), inflight_proto::names::PROXY_PORT);
+        assert_eq!(
+            c.admin_listen.port(),
+            inflight_proto::names::PROXY_ADMIN_PORT
+        );
+        assert_eq!(c.report_interval, Duration::from_secs(1));
+        assert_eq!(c.drain_period, Duration::from_secs(5));
+        assert!(c.forwarded_headers);
+        let id = c.identity();
+        let w = id.workload.unwrap_or_default();
+        assert_eq!((w.kind.as_str(), w.name.as_str()), ("pod", "web-1"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_reason() {
+        let e = parse(&["--upstream", "127.0.0.1"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("has no port"), "{e}");
+        let e = parse(&["--upstream", "127.0.0.1:1", "--workload", "web"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("is not KIND/NAME"), "{e}");
+        let e = parse(&["--upstream", "127.0.0.1:1", "--report-interval", "0s"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("more than zero"), "{e}");
+    }
+
+    #[test]
+    fn workload_kind_is_lowercased() {
+        let c = parse(&["--upstream", "127.0.0.1:1", "--workload", "Deployment/web"]);
+        assert_eq!(
+            c.ok().and_then(|c| c.workload),
+            Some(("deployment".into(), "web".into()))
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! The counting layer over the proxy core: a request is in flight from the
+//! moment its headers arrive until its response body has been sent in full
+//! (or, for an upgrade, until the tunnel closes). How it ended decides its
+//! class; if the client goes away first, hyper drops the future or the body,
+//! the upstream request is dropped with it, and the request counts as
+//! cancelled.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use hyper::body::{Bytes, Incoming};
+
+use crate::proxy::Forwarder;
+use crate::stats::{Class, Stats};
+
+/// The body the proxy answers with: the upstream's, counted, or our own error.
+pub type ProxyBody = Either<CountedBody, Full<Bytes>>;
+
+/// Forwards and counts.
+#[derive(Debug, Clone)]
+pub struct CountingProxy {
+    forwarder: Forwarder,
+    stats: Arc<Stats>,
+}
+
+impl CountingProxy {
+    pub fn new(forwarder: Forwarder, stats: Arc<Stats>) -> Self {
+        Self { forwarder, stats }
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
+        // The kubelet's probes pass through but are not load.
+        let guard = (!is_probe(&request)).then(|| InFlight::start(self.stats.clone()));
+        match self.forwarder.forward(request, client).await {
+            Ok(forwarded) => {
+                let (parts, body) = forwarded.response.into_parts();
+                if let Some(tunnel) = forwarded.tunnel {
+                    // The upgraded connection stays in flight for its whole life.
+                    let mut guard = guard;
+                    if let Some(g) = guard.as_mut() {
+                        g.class = Some(Class::from_status(parts.status));
+                    }
+                    tokio::spawn(async move {
+                        if let Err(error) = tunnel.run().await {
+                            tracing::debug!(%error, "upgraded connection ended with an error");
+                        }
+                        drop(guard);
+                    });
+                    return Response::from_parts(parts, Either::Left(CountedBody::uncounted(body)));
+                }
+                let body = match guard {
+                    Some(guard) => CountedBody::new(body, guard, &parts),
+                    None => CountedBody::uncounted(body),
+                };
+                Response::from_parts(parts, Either::Left(body))
+            }
+            Err(error) => {
+                tracing::debug!(%error, "forwarding failed");
+                if let Some(mut guard) = guard {
+                    guard.class = Some(Class::ServerError);
+                }
+                error.to_response().map(Either::Right)
+            }
+        }
+    }
+}
+
+fn is_probe<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(http::header::USER_AGENT)
+        .is_some_and(|ua| ua.as_bytes().starts_with(b"kube-probe/"))
+}
+
+/// One counted request. Dropping it ends the request: with its class if one
+/// was decided, else as cancelled.
+#[derive(Debug)]
+struct InFlight {
+    stats: Arc<Stats>,
+    started: Instant,
+    class: Option<Class>,
+}
+
+impl InFlight {
+    fn start(stats: Arc<Stats>) -> Self {
+        let started = Instant::now();
+        stats.start(started);
+        Self {
+            stats,
+            started,
+            class: None,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let class = self.class.unwrap_or(Class::Cancelled);
+        self.stats
+            .end(now, class, now.saturating_duration_since(self.started));
+    }
+}
+
+fn grpc_failed(headers: &HeaderMap) -> Option<bool> {
+    headers
+        .get("grpc-status")
+        .map(|status| status.as_bytes() != b"0")
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The upstream's response body, passed through frame by frame; ends the
+/// request's count when the last frame has gone.
+#[derive(Debug)]
+pub struct CountedBody {
+    inner: Incoming,
+    guard: Option<InFlight>,
+    class: Class,
+    grpc: bool,
+}
+
+impl CountedBody {
+    fn uncounted(inner: Incoming) -> Self {
+        Self {
+            inner,
+            guard: None,
+            class: Class::Success,
+            grpc: false,
+        }
+    }
+
+    fn new(inner: Incoming, guard: InFlight, parts: &http::response::Parts) -> Self {
+        let grpc = is_grpc(&parts.headers);
+        let mut class = Class::from_status(parts.status);
+        // A trailers-only gRPC response carries its status in the headers.
+        if grpc && grpc_failed(&parts.headers) == Some(true) {
+            class = Class::GrpcFailure;
+        }
+        let mut body = Self {
+            inner,
+            guard: Some(guard),
+            class,
+            grpc,
+        };
+        // hyper never polls a body that is already at its end (HEAD, 204…).
+        if body.inner.is_end_stream() {
+            body.finish(None);
+        }
+        body
+    }
+
+    fn finish(&mut self, class: Option<Class>) {
+        if let Some(mut guard) = self.guard.take() {
+            guard.class = Some(class.unwrap_or(self.class));
+        }
+    }
+}
+
+impl Body for CountedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => Some(None),
+            Poll::Ready(Some(Err(_))) => Some(Some(Class::ServerError)),
+            Poll::Ready(Some(Ok(frame))) => match frame.trailers_ref() {
+                Some(trailers) if this.grpc && grpc_failed(trailers) == Some(true) => {
+                    Some(Some(Class::GrpcFailure))
+                }
+                Some(_) => Some(None),
+                None => this.inner.is_end_stream().then_some(None),
+            },
+            Poll::Pending => None,
+        };
+        if let Some(class) = ended {
+            this.finish(class);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,158 @@
+//! `inflight-proxy`: the per-pod reverse proxy of inflight.
+//!
+//! It forwards every request to the app on localhost ([`proxy`]), counts what
+//! is in flight ([`count`], [`stats`]), reports each interval to the
+//! aggregators ([`report`]) and answers the kubelet and Prometheus
+//! ([`admin`]). On SIGTERM it drains: `/readyz` turns 503 at once, serving
+//! goes on for the drain period or until nothing is in flight, whichever is
+//! longer, up to a hard limit.
+
+pub mod admin;
+pub mod config;
+pub mod count;
+pub mod metrics;
+pub mod proxy;
+pub mod report;
+pub mod server;
+pub mod stats;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+pub use config::Config;
+
+use crate::count::CountingProxy;
+use crate::proxy::{Forwarder, ForwarderConfig};
+use crate::report::{ReportMetrics, Reporter, Target};
+use crate::stats::Stats;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Target(#[from] report::TargetError),
+}
+
+/// Runs the proxy until `shutdown` resolves, then drains and returns.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let targets = Target::parse_list(&config.aggregator)?;
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })
+    };
+    let listener = bind(config.listen).await?;
+    let admin_listener = bind(config.admin_listen).await?;
+
+    let stats = Arc::new(Stats::new());
+    let mut registry = Registry::with_prefix(inflight_proto::names::METRIC_PREFIX);
+    metrics::register(&mut registry, stats.clone());
+    let report_metrics = ReportMetrics::default();
+    report_metrics.register(&mut registry);
+    let reporter = Reporter::spawn(
+        stats.clone(),
+        config.identity(),
+        targets,
+        config.report_interval,
+        report_metrics,
+    );
+
+    let forwarder = Forwarder::new(ForwarderConfig {
+        upstream: config.upstream.clone(),
+        timeout: config.upstream_timeout,
+        forwarded_headers: config.forwarded_headers,
+    });
+    let admin = Arc::new(admin::Admin {
+        stats: stats.clone(),
+        registry,
+        reporter: reporter.clone(),
+        upstream: config.upstream.to_string(),
+    });
+    tokio::spawn(admin.serve(admin_listener));
+    tracing::info!(
+        listen = %config.listen,
+        admin = %config.admin_listen,
+        upstream = %config.upstream,
+        aggregators = ?config.aggregator,
+        "inflight-proxy serving"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain_started = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let hard_limit = config.drain_timeout;
+    let grace = {
+        let drain_started = drain_started.clone();
+        move || {
+            let started = drain_started
+                .lock()
+                .map(|s| *s)
+                .unwrap_or(None)
+                .unwrap_or_else(Instant::now);
+            // Whatever is left of the hard limit, and a moment for connections
+            // to close even when the limit is spent.
+            (started + hard_limit)
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(500))
+        }
+    };
+    let proxy = CountingProxy::new(forwarder, stats.clone());
+    let server = tokio::spawn(server::serve(
+        listener,
+        proxy,
+        async {
+            let _ = stop_rx.await;
+        },
+        grace,
+    ));
+
+    shutdown.await;
+    let started = Instant::now();
+    if let Ok(mut s) = drain_started.lock() {
+        *s = Some(started);
+    }
+    stats.set_draining();
+    tracing::info!(
+        in_flight = stats.in_flight(),
+        drain_period = ?config.drain_period,
+        "SIGTERM: draining"
+    );
+    drain(&stats, started, config.drain_period, config.drain_timeout).await;
+    let _ = stop_tx.send(());
+    if let Err(error) = server.await {
+        tracing::warn!(%error, "server task failed");
+    }
+    reporter.flush(Duration::from_millis(500)).await;
+    tracing::info!(
+        requests = stats.requests_total(),
+        in_flight = stats.in_flight(),
+        "drained; exiting"
+    );
+    Ok(())
+}
+
+/// Serves on for `period`, then until nothing is in flight, never past `limit`.
+async fn drain(stats: &Stats, started: Instant, period: Duration, limit: Duration) {
+    let deadline = started + limit;
+    tokio::time::sleep_until((started + period).min(deadline)).await;
+    while stats.in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if stats.in_flight() > 0 {
+        tracing::warn!(
+            in_flight = stats.in_flight(),
+            ?limit,
+            "drain limit reached with requests in flight"
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! The proxy core: forwards one request to one upstream and hands back its
+//! response, untouched but for hop-by-hop headers. It knows nothing of
+//! counting; the sidecar wraps it with [`crate::count`], and the activator
+//! uses it as it is to forward held requests to a ready pod.
+//!
+//! HTTP/1.x requests go over a pool of HTTP/1.1 keep-alive connections,
+//! HTTP/2 requests over a pool of h2c connections, so gRPC keeps its
+//! trailers and its streams. Bodies stream through in both directions.
+
+mod connect;
+pub mod headers;
+mod upgrade;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+pub use connect::FixedConnector;
+pub use upgrade::Tunnel;
+
+/// How to reach the upstream and how to treat requests on the way.
+#[derive(Debug, Clone)]
+pub struct ForwarderConfig {
+    /// Where every request goes (`127.0.0.1:8080`).
+    pub upstream: Authority,
+    /// Give up on an upstream that has not sent response headers in time (504).
+    pub timeout: Option<Duration>,
+    /// Add `X-Forwarded-For` and `X-Forwarded-Proto`.
+    pub forwarded_headers: bool,
+}
+
+/// Forwards requests to one upstream over pooled connections.
+#[derive(Debug, Clone)]
+pub struct Forwarder {
+    config: ForwarderConfig,
+    http1: Client<FixedConnector, Incoming>,
+    http2: Client<FixedConnector, Incoming>,
+}
+
+/// A forwarded request's response, and for an upgrade, the tunnel to run
+/// once the response has gone back to the client.
+#[derive(Debug)]
+pub struct Forwarded {
+    pub response: Response<Incoming>,
+    pub tunnel: Option<Tunnel>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("upstream {upstream} refused the connection or could not be reached: {source}")]
+    Connect {
+        upstream: Authority,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("upstream {upstream} sent no response headers within {after:?}")]
+    Timeout {
+        upstream: Authority,
+        after: Duration,
+    },
+    #[error("upstream {upstream} failed before responding: {source}")]
+    Upstream {
+        upstream: Authority,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+}
+
+impl ForwardError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The response the client gets: the status and a body that names the
+    /// upstream and says what went wrong.
+    pub fn to_response(&self) -> Response<Full<Bytes>> {
+        let mut body = format!("inflight-proxy: {self}");
+        if let Some(cause) = std::error::Error::source(self).and_then(std::error::Error::source) {
+            body.push_str(&format!(" ({cause})"));
+        }
+        body.push('\n');
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = self.status();
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+}
+
+impl Forwarder {
+    pub fn new(config: ForwarderConfig) -> Self {
+        let connector = FixedConnector::new(config.upstream.clone());
+        let mut http1 = Client::builder(TokioExecutor::new());
+        http1
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90));
+        let mut http2 = Client::builder(TokioExecutor::new());
+        http2
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_adaptive_window(true);
+        Self {
+            http1: http1.build(connector.clone()),
+            http2: http2.build(connector),
+            config,
+        }
+    }
+
+    pub fn upstream(&self) -> &Authority {
+        &self.config.upstream
+    }
+
+    /// Sends `request` upstream and returns the response headers as soon as
+    /// they arrive. Dropping the returned future cancels the upstream request.
+    pub async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Result<Forwarded, ForwardError> {
+        let http2 = request.version() == Version::HTTP_2;
+        let upgrade = if http2 {
+            None
+        } else {
+            headers::upgrade_request(request.headers())
+        };
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+
+        *request.uri_mut() = self.upstream_uri(request.uri(), http2);
+        if !http2 {
+            *request.version_mut() = Version::HTTP_11;
+        }
+        let headers = request.headers_mut();
+        headers::strip_hop_by_hop(headers);
+        if let Some(protocol) = upgrade {
+            headers::set_upgrade(headers, protocol);
+        }
+        if self.config.forwarded_headers {
+            headers::add_forwarded(headers, client.ip(), "http");
+        }
+
+        let pool = if http2 { &self.http2 } else { &self.http1 };
+        let sent = pool.request(request);
+        let result = match self.config.timeout {
+            Some(after) => match tokio::time::timeout(after, sent).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return Err(ForwardError::Timeout {
+                        upstream: self.config.upstream.clone(),
+                        after,
+                    })
+                }
+            },
+            None => sent.await,
+        };
+        let mut response = result.map_err(|source| {
+            let upstream = self.config.upstream.clone();
+            if source.is_connect() {
+                ForwardError::Connect { upstream, source }
+            } else {
+                ForwardError::Upstream { upstream, source }
+            }
+        })?;
+
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let upstream_protocol = headers::upgrade_request(response.headers());
+        headers::strip_hop_by_hop(response.headers_mut());
+        let tunnel = match (client_upgrade, switching) {
+            (Some(client_side), true) => {
+                if let Some(protocol) = upstream_protocol {
+                    headers::set_upgrade(response.headers_mut(), protocol);
+                }
+                let upstream_side = hyper::upgrade::on(&mut response);
+                Some(Tunnel::new(client_side, upstream_side))
+            }
+            _ => None,
+        };
+        Ok(Forwarded { response, tunnel })
+    }
+
+    /// The upstream request's URI. HTTP/1.1 carries the client's `Host`
+    /// header on; HTTP/2 carries the authority in the URI, so it is kept
+    /// (the connector ignores it and always dials the upstream).
+    fn upstream_uri(&self, original: &Uri, http2: bool) -> Uri {
+        let authority = match original.authority() {
+            Some(authority) if http2 => authority.clone(),
+            _ => self.config.upstream.clone(),
+        };
+        let path = original
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(authority);
+        parts.path_and_query = Some(path);
+        // Scheme, authority and path are all set, so this cannot fail; fall
+        // back to the original rather than panic if it ever did.
+        Uri::from_parts(parts).unwrap_or_else(|_| original.clone())
+    }
+}

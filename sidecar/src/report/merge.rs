@@ -1,0 +1,160 @@
+//! Building a report from an interval's figures, and folding reports that
+//! could not be sent into one, so a reporter cut off from an aggregator holds
+//! one report per aggregator, however long the outage.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use inflight_proto::v1::{Interval, LatencyHistogram, PodIdentity, PodReport, Responses};
+use inflight_proto::LATENCY_BUCKETS;
+
+use crate::stats::{Class, Counters, IntervalConcurrency};
+
+pub fn build(
+    identity: &PodIdentity,
+    concurrency: IntervalConcurrency,
+    delta: &Counters,
+) -> PodReport {
+    let start_unix_ms = concurrency
+        .start
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis();
+    PodReport {
+        pod: Some(identity.clone()),
+        interval: Some(Interval {
+            start_unix_ms: i64::try_from(start_unix_ms).unwrap_or(i64::MAX),
+            // A zero-length interval is invalid on the wire; a wake-up report
+            // sent right after a tick is the only way to get one.
+            length_ms: u32::try_from(concurrency.length.as_millis())
+                .unwrap_or(u32::MAX)
+                .max(1),
+        }),
+        avg_concurrency: concurrency.average,
+        in_flight: u32::try_from(concurrency.in_flight).unwrap_or(u32::MAX),
+        requests: delta.requests,
+        responses: Some(Responses {
+            class_1xx: delta.class(Class::Informational),
+            class_2xx: delta.class(Class::Success),
+            class_3xx: delta.class(Class::Redirection),
+            class_4xx: delta.class(Class::ClientError),
+            class_5xx: delta.class(Class::ServerError),
+            grpc_failure: delta.class(Class::GrpcFailure),
+            cancelled: delta.class(Class::Cancelled),
+        }),
+        latency: Some(LatencyHistogram {
+            counts: delta.latency.counts.to_vec(),
+            sum_seconds: delta.latency.sum_seconds,
+        }),
+    }
+}
+
+/// Folds `newer` into `older`: one interval from the start of the first to
+/// the end of the second, counts added, average concurrency weighted by time,
+/// in-flight as of the newer one.
+pub fn merge(older: PodReport, newer: PodReport) -> PodReport {
+    let (Some(a), Some(b)) = (older.interval, newer.interval) else {
+        return newer;
+    };
+    let start = a.start_unix_ms.min(b.start_unix_ms);
+    let end =
+        (a.start_unix_ms + i64::from(a.length_ms)).max(b.start_unix_ms + i64::from(b.length_ms));
+    let length_ms = u32::try_from(end - start).unwrap_or(u32::MAX).max(1);
+    let weighted = older.avg_concurrency * f64::from(a.length_ms)
+        + newer.avg_concurrency * f64::from(b.length_ms);
+    let responses = match (older.responses, newer.responses) {
+        (Some(x), Some(y)) => Some(Responses {
+            class_1xx: x.class_1xx + y.class_1xx,
+            class_2xx: x.class_2xx + y.class_2xx,
+            class_3xx: x.class_3xx + y.class_3xx,
+            class_4xx: x.class_4xx + y.class_4xx,
+            class_5xx: x.class_5xx + y.class_5xx,
+            grpc_failure: x.grpc_failure + y.grpc_failure,
+            cancelled: x.cancelled + y.cancelled,
+        }),
+        (x, y) => y.or(x),
+    };
+    let latency = match (older.latency, newer.latency) {
+        (Some(x), Some(y))
+            if x.counts.len() == LATENCY_BUCKETS && y.counts.len() == LATENCY_BUCKETS =>
+        {
+            Some(LatencyHistogram {
+                counts: x.counts.iter().zip(&y.counts).map(|(p, q)| p + q).collect(),
+                sum_seconds: x.sum_seconds + y.sum_seconds,
+            })
+        }
+        (x, y) => y.or(x),
+    };
+    PodReport {
+        pod: newer.pod.or(older.pod),
+        interval: Some(Interval {
+            start_unix_ms: start,
+            length_ms,
+        }),
+        avg_concurrency: weighted / f64::from(length_ms),
+        in_flight: newer.in_flight,
+        requests: older.requests + newer.requests,
+        responses,
+        latency,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(start: i64, length_ms: u32, avg: f64, requests: u64, ok: u64) -> PodReport {
+        let mut counts = vec![0; LATENCY_BUCKETS];
+        counts[3] = ok;
+        PodReport {
+            pod: Some(PodIdentity {
+                pod: "web-1".into(),
+                ..Default::default()
+            }),
+            interval: Some(Interval {
+                start_unix_ms: start,
+                length_ms,
+            }),
+            avg_concurrency: avg,
+            in_flight: 1,
+            requests,
+            responses: Some(Responses {
+                class_2xx: ok,
+                ..Default::default()
+            }),
+            latency: Some(LatencyHistogram {
+                counts,
+                sum_seconds: 0.003 * ok as f64,
+            }),
+        }
+    }
+
+    #[test]
+    fn merged_report_covers_both_intervals_with_a_time_weighted_average() {
+        let mut newer = report(2_000, 3_000, 4.0, 7, 6);
+        newer.in_flight = 5;
+        let merged = merge(report(1_000, 1_000, 2.0, 3, 3), newer);
+        let interval = merged.interval.unwrap_or_default();
+        assert_eq!((interval.start_unix_ms, interval.length_ms), (1_000, 4_000));
+        assert!((merged.avg_concurrency - 3.5).abs() < 1e-9);
+        assert_eq!(merged.requests, 10);
+        assert_eq!(merged.in_flight, 5);
+        assert_eq!(merged.responses.unwrap_or_default().class_2xx, 9);
+        let latency = merged.latency.unwrap_or_default();
+        assert_eq!(latency.counts[3], 9);
+        assert!((latency.sum_seconds - 0.027).abs() < 1e-9);
+    }
+
+    #[test]
+    fn build_never_sends_a_zero_length_interval() {
+        let c = IntervalConcurrency {
+            start: UNIX_EPOCH + Duration::from_millis(5),
+            length: Duration::from_micros(200),
+            average: 1.0,
+            in_flight: 1,
+        };
+        let r = build(&PodIdentity::default(), c, &Counters::default());
+        let i = r.interval.unwrap_or_default();
+        assert_eq!((i.start_unix_ms, i.length_ms), (5, 1));
+        assert_eq!(r.latency.unwrap_or_default().counts.len(), LATENCY_BUCKETS);
+    }
+}
