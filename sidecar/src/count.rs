@@ -45,6 +45,28 @@ impl CountingProxy {
     ) -> Response<ProxyBody> {
         // The kubelet's probes pass through but are not load.
         let guard = (!is_probe(&request)).then(|| InFlight::start(self.stats.clone()));
+        let http1 = request.version() < http::Version::HTTP_2;
+        let mut response = self.respond(request, client, guard).await;
+        // While draining, a keep-alive client is told to reconnect, so its
+        // next request finds a pod that is staying rather than a closing socket.
+        if http1
+            && self.stats.is_draining()
+            && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        response
+    }
+
+    async fn respond(
+        &self,
+        request: Request<Incoming>,
+        client: SocketAddr,
+        guard: Option<InFlight>,
+    ) -> Response<ProxyBody> {
         match self.forwarder.forward(request, client).await {
             Ok(forwarded) => {
                 let (parts, body) = forwarded.response.into_parts();

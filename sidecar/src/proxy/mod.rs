@@ -84,8 +84,15 @@ impl ForwardError {
     /// upstream and says what went wrong.
     pub fn to_response(&self) -> Response<Full<Bytes>> {
         let mut body = format!("inflight-proxy: {self}");
-        if let Some(cause) = std::error::Error::source(self).and_then(std::error::Error::source) {
-            body.push_str(&format!(" ({cause})"));
+        // hyper's own messages are terse; the root cause says what happened.
+        let mut cause = std::error::Error::source(self);
+        let mut root = None;
+        while let Some(c) = cause {
+            root = Some(c);
+            cause = c.source();
+        }
+        if let Some(root) = root {
+            body.push_str(&format!(": {root}"));
         }
         body.push('\n');
         let mut response = Response::new(Full::new(Bytes::from(body)));
