@@ -46,7 +46,7 @@
 #
 # Usage:  bench/run.sh                 full run (~13 min on 2 cores once the Go peers are built)
 #         QUICK=1 bench/run.sh         smoke run (1 round, 3 s runs)
-# Knobs (environment): DURATION=10 ROUNDS=3 WARMUP=2 CONNS=64 H2_STREAMS=10 RATE=5000
+# Knobs (environment): DURATION=10 ROUNDS=3 WARMUP=2 CONNS=64 H2_STREAMS=10 RATE=2000
 #   RATE_CONNS=10 IDLE_CONNS=1000 TARGETS="direct inflight-proxy nginx queue-proxy interceptor"
 #   PROTOCOLS="h1 h2c" MODES="max rate" PIN=1 SERVER_CPUS=0 CLIENT_CPUS=1 OUT=bench/RESULTS.md
 #   BENCH_PORT_BASE=18000 (ports 18080..18141 are used) INFLIGHT_PROXY_BIN=... BUILD_INFLIGHT=1
@@ -71,7 +71,7 @@ ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2}; WARMUP=${WARMUP%s}
 CONNS=${CONNS:-64}
 H2_STREAMS=${H2_STREAMS:-10}
-RATE=${RATE:-5000}
+RATE=${RATE:-2000}
 RATE_CONNS=${RATE_CONNS:-10}
 IDLE_CONNS=${IDLE_CONNS:-1000}
 TARGETS=${TARGETS:-direct inflight-proxy nginx queue-proxy interceptor}
@@ -231,7 +231,8 @@ if want interceptor && [ ! -x "$INTERCEPTOR_BIN" ]; then
       if [ -n "$src" ] && cp -r "$src" "$WORK/ki-src" && chmod -R u+w "$WORK/ki-src" \
          && (cd "$WORK/ki-src" && GOFLAGS=-mod=mod timeout "$GO_BUILD_TIMEOUT" go build -trimpath -o "$WORK/interceptor" ./interceptor) >>"$WORK/logs/build-interceptor.log" 2>&1; then
         mkdir -p "$(dirname "$INTERCEPTOR_BIN")" && mv "$WORK/interceptor" "$INTERCEPTOR_BIN"
-        echo "go install failed (${first_err}); built from the module zip of github.com/kedacore/http-add-on@$INTERCEPTOR_VERSION with its own go.mod/go.sum: go build ./interceptor" >"$(dirname "$INTERCEPTOR_BIN")/BUILD_NOTE"
+        why=$(echo "$first_err" | grep -o 'reading [^ ]*: [0-9][0-9][0-9] [A-Za-z ]*' | head -1)
+        echo "\`go install\` failed (${why:-see build log}: it reads the module's version list to check for deprecation), so built from the same tagged module source (\`go mod download\`, then \`go build ./interceptor\` with the module's own go.mod/go.sum, GOFLAGS=-mod=mod)" >"$(dirname "$INTERCEPTOR_BIN")/BUILD_NOTE"
       else
         skip interceptor "$first_err; building from module source also failed: $(tail -3 "$WORK/logs/build-interceptor.log" | tr '\n' ' ')"
       fi

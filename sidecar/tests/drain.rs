@@ -1,0 +1,150 @@
+//! SIGTERM: `/readyz` turns 503 at once, serving goes on for the drain period
+//! or until nothing is in flight, whichever is longer, and no request that
+//! was in flight is cut. The hard limit ends the wait.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::Request;
+use http_body_util::BodyExt;
+
+#[tokio::test]
+async fn sigterm_under_load_loses_no_request() {
+    let app = App::start(|r: Request<hyper::body::Incoming>| async move {
+        let ms = if r.uri().path() == "/slow" { 2000 } else { 20 };
+        slow_ok(Duration::from_millis(ms)).await
+    })
+    .await;
+    let mut proxy = Proxy::start(
+        app.addr,
+        &["--drain-period", "1s", "--drain-timeout", "20s"],
+    )
+    .await;
+
+    // Long requests in flight at SIGTERM; they outlast the drain period.
+    let client = http1_client();
+    let mut slow = Vec::new();
+    for _ in 0..10 {
+        let client = client.clone();
+        let uri = format!("http://{}/slow", proxy.addr);
+        slow.push(tokio::spawn(async move {
+            let response = client
+                .request(Request::get(uri).body(full("")).unwrap())
+                .await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
+        }));
+    }
+    // Steady load from keep-alive clients, until the proxy stops accepting.
+    let mut load = Vec::new();
+    for _ in 0..8 {
+        let client = http1_client();
+        let uri = format!("http://{}/fast", proxy.addr);
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut after_refused) = (0u32, Vec::new());
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while tokio::time::Instant::now() < deadline {
+                match client
+                    .request(Request::get(&uri).body(full("")).unwrap())
+                    .await
+                {
+                    Ok(r) => {
+                        let status = r.status();
+                        let body = r.into_body().collect().await.map(|b| b.to_bytes());
+                        match body {
+                            Ok(b) if status == 200 && b == "ok" => ok += 1,
+                            other => after_refused.push(format!("{status} {other:?}")),
+                        }
+                    }
+                    // The listener is gone: the proxy has exited. Nothing was lost.
+                    Err(e) if e.is_connect() => break,
+                    Err(e) => after_refused.push(format!("{e:?}")),
+                }
+            }
+            (ok, after_refused)
+        }));
+    }
+    proxy
+        .wait_stats(Duration::from_secs(5), |s| {
+            s["in_flight"].as_u64() >= Some(10)
+        })
+        .await;
+    let before = proxy.stats().await["requests_total"].as_u64().unwrap();
+    proxy.signal("TERM");
+
+    let mut readyz = 0;
+    for _ in 0..50 {
+        readyz = get(proxy.admin, "/readyz").await.map(|r| r.0).unwrap_or(0);
+        if readyz == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(readyz, 503, "/readyz turns 503 at once on SIGTERM");
+    // Still serving during the drain period.
+    assert_eq!(get(proxy.addr, "/fast").await.unwrap().0, 200);
+    let during = proxy.stats().await["requests_total"].as_u64().unwrap();
+    assert!(during > before, "requests are served while draining");
+
+    for s in slow {
+        let (status, body) = s.await.unwrap().expect("slow request completes");
+        assert_eq!((status.as_u16(), &body[..]), (200, &b"ok"[..]));
+    }
+    let mut served = 0;
+    for l in load {
+        let (ok, errors) = l.await.unwrap();
+        assert!(
+            errors.is_empty(),
+            "requests failed during drain: {errors:?}"
+        );
+        served += ok;
+    }
+    assert!(served > 0);
+    let status = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait())
+        .await
+        .expect("proxy exits after draining")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn an_idle_proxy_exits_after_the_drain_period() {
+    let app = App::start(|_r| slow_ok(Duration::ZERO)).await;
+    let mut proxy = Proxy::start(app.addr, &["--drain-period", "300ms"]).await;
+    proxy.signal("TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn the_drain_timeout_is_a_hard_limit() {
+    let app = App::start(|_r| slow_ok(Duration::from_secs(60))).await;
+    let mut proxy = Proxy::start(
+        app.addr,
+        &["--drain-period", "100ms", "--drain-timeout", "1s"],
+    )
+    .await;
+    let addr = proxy.addr;
+    let stuck = tokio::spawn(async move { get(addr, "/").await });
+    proxy
+        .wait_stats(Duration::from_secs(5), |s| s["in_flight"] == 1)
+        .await;
+    proxy.signal("TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait())
+        .await
+        .expect("exits at the hard limit, not after the 60 s request")
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        stuck.await.unwrap().is_none(),
+        "the over-long request was cut"
+    );
+}
