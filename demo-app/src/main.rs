@@ -1,0 +1,60 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use inflight_demo_app::{app, load};
+
+#[derive(Debug, Parser)]
+#[command(name = "inflight-demo-app", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve HTTP/1.1 and h2c with a configurable latency.
+    Serve {
+        #[arg(long, env = "DEMO_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// How long each request takes.
+        #[arg(long, env = "DEMO_LATENCY", default_value = "50ms", value_parser = humantime::parse_duration)]
+        latency: Duration,
+        /// Latency varies uniformly by up to this much either way.
+        #[arg(long, env = "DEMO_JITTER", default_value = "0ms", value_parser = humantime::parse_duration)]
+        jitter: Duration,
+    },
+    /// Send an open-loop schedule of request rates and print the proxy's live figures.
+    Load {
+        /// URL to load, e.g. http://127.0.0.1:15080/
+        #[arg(long)]
+        target: String,
+        /// The proxy's admin address, whose /stats is printed every second.
+        #[arg(long)]
+        admin: Option<String>,
+        /// RATE:DURATION steps, comma-separated.
+        #[arg(long, default_value = "20:5s,200:10s,50:5s,0:3s")]
+        schedule: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            listen,
+            latency,
+            jitter,
+        } => app::serve(listen, app::AppConfig { latency, jitter }).await,
+        Command::Load {
+            target,
+            admin,
+            schedule,
+        } => {
+            let schedule =
+                load::parse_schedule(&schedule).map_err(|e| anyhow::anyhow!("--schedule: {e}"))?;
+            load::run(target, admin, schedule).await
+        }
+    }
+}
