@@ -29,18 +29,27 @@ pub async fn serve(
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(stop);
+    let mut stopping = false;
     loop {
         let (stream, client) = tokio::select! {
+            biased;
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                Err(error) => {
+                Err(error) if !stopping => {
                     // Out of file descriptors and the like: back off, keep going.
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
+                Err(_) => break,
             },
-            _ = &mut stop => break,
+            // Once told to stop, connections the kernel already accepted are
+            // still taken and served: closing the listener would reset them.
+            _ = &mut stop, if !stopping => {
+                stopping = true;
+                continue;
+            }
+            _ = std::future::ready(()), if stopping => break,
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();

@@ -40,15 +40,26 @@ async fn sigterm_under_load_loses_no_request() {
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
         }));
     }
-    // Steady load from keep-alive clients, until the proxy stops accepting.
+    // Steady load from keep-alive clients. Like a Service whose endpoint
+    // is removed once the pod turns unready, they stop sending new requests
+    // a moment after /readyz says 503, well inside the drain period.
+    let (unready_tx, unready) = tokio::sync::watch::channel(false);
     let mut load = Vec::new();
     for _ in 0..8 {
         let client = http1_client();
         let uri = format!("http://{}/fast", proxy.addr);
+        let mut unready = unready.clone();
         load.push(tokio::spawn(async move {
             let (mut ok, mut after_refused) = (0u32, Vec::new());
             let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            let mut stop_at = None;
             while tokio::time::Instant::now() < deadline {
+                if stop_at.is_none() && *unready.borrow_and_update() {
+                    stop_at = Some(tokio::time::Instant::now() + Duration::from_millis(300));
+                }
+                if stop_at.is_some_and(|t| tokio::time::Instant::now() > t) {
+                    break;
+                }
                 match client
                     .request(Request::get(&uri).body(full("")).unwrap())
                     .await
@@ -61,8 +72,6 @@ async fn sigterm_under_load_loses_no_request() {
                             other => after_refused.push(format!("{status} {other:?}")),
                         }
                     }
-                    // The listener is gone: the proxy has exited. Nothing was lost.
-                    Err(e) if e.is_connect() => break,
                     Err(e) => after_refused.push(format!("{e:?}")),
                 }
             }
@@ -86,6 +95,7 @@ async fn sigterm_under_load_loses_no_request() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(readyz, 503, "/readyz turns 503 at once on SIGTERM");
+    unready_tx.send(true).unwrap();
     // Still serving during the drain period.
     assert_eq!(get(proxy.addr, "/fast").await.unwrap().0, 200);
     let during = proxy.stats().await["requests_total"].as_u64().unwrap();
