@@ -9,10 +9,18 @@ fn main() -> anyhow::Result<()> {
         .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
         .unwrap_or(1)
         .max(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()?;
+    // One core (the common sidecar budget) needs no work-stealing: a
+    // current-thread runtime does the same work with less synchronisation.
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
     runtime.block_on(inflight_proxy::run(config, shutdown_signal()))?;
     Ok(())
 }

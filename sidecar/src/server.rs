@@ -21,11 +21,9 @@ pub async fn serve(
     stop: impl Future<Output = ()>,
     grace: impl Fn() -> Duration,
 ) {
+    // No header-read timer on HTTP/1: it costs a timer per request, and the
+    // clients of a sidecar are the cluster's own proxies, not the internet.
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(60));
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(stop);
