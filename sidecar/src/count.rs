@@ -16,7 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 
-use crate::proxy::Forwarder;
+use crate::proxy::{Forwarder, Session};
 use crate::stats::{Class, Stats};
 
 /// The body the proxy answers with: the upstream's, counted, or our own error.
@@ -34,6 +34,10 @@ impl CountingProxy {
         Self { forwarder, stats }
     }
 
+    pub fn session(&self) -> Session {
+        self.forwarder.session()
+    }
+
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
     }
@@ -42,11 +46,12 @@ impl CountingProxy {
         &self,
         request: Request<Incoming>,
         client: SocketAddr,
+        session: &Session,
     ) -> Response<ProxyBody> {
         // The kubelet's probes pass through but are not load.
         let guard = (!is_probe(&request)).then(|| InFlight::start(self.stats.clone()));
         let http1 = request.version() < http::Version::HTTP_2;
-        let mut response = self.respond(request, client, guard).await;
+        let mut response = self.respond(request, client, session, guard).await;
         // While draining, a keep-alive client is told to reconnect, so its
         // next request finds a pod that is staying rather than a closing socket.
         if http1
@@ -65,9 +70,10 @@ impl CountingProxy {
         &self,
         request: Request<Incoming>,
         client: SocketAddr,
+        session: &Session,
         guard: Option<InFlight>,
     ) -> Response<ProxyBody> {
-        match self.forwarder.forward(request, client).await {
+        match self.forwarder.forward(request, client, Some(session)).await {
             Ok(forwarded) => {
                 let (parts, body) = forwarded.response.into_parts();
                 if let Some(tunnel) = forwarded.tunnel {

@@ -25,14 +25,31 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Logs at the level `RUST_LOG` asks (`info`, or `inflight_proxy=debug,h2=warn`
+/// style directives), JSON when `INFLIGHT_LOG_FORMAT=json`. `Targets` rather
+/// than `EnvFilter`: the sidecar has no use for regex-matched span fields,
+/// and leaving the regex engine out keeps the resident binary small.
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if std::env::var("INFLIGHT_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+
+    let requested = std::env::var("RUST_LOG").unwrap_or_default();
+    let filter = match requested.parse::<Targets>() {
+        Ok(filter) if !requested.trim().is_empty() => filter,
+        Ok(_) => Targets::new().with_default(tracing::Level::INFO),
+        Err(error) => {
+            eprintln!("inflight-proxy: ignoring RUST_LOG={requested:?}: {error}; logging at info");
+            Targets::new().with_default(tracing::Level::INFO)
+        }
+    };
+    let json = std::env::var("INFLIGHT_LOG_FORMAT").as_deref() == Ok("json");
+    let registry = tracing_subscriber::registry().with(filter);
+    if json {
+        registry
+            .with(tracing_subscriber::fmt::layer().json())
+            .init();
     } else {
-        builder.init();
+        registry.with(tracing_subscriber::fmt::layer()).init();
     }
 }
 

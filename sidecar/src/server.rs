@@ -51,9 +51,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
+        let session = proxy.session();
         let service = service_fn(move |request| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(request, client).await) }
+            let session = session.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(request, client, &session).await) }
         });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)

@@ -112,11 +112,31 @@ async fn keep_alive_connections_to_the_app_are_reused() {
     for _ in 0..50 {
         assert_eq!(get(proxy.addr, "/").await.unwrap().0, 200);
     }
-    assert_eq!(
-        connections.load(Ordering::SeqCst),
-        1,
-        "one pooled connection serves sequential requests"
+    // Each `get` is a new client connection. Its upstream connection goes
+    // back to the idle pool when the client connection closes, which can
+    // race with the next client's first request: a few, not fifty.
+    let opened = connections.load(Ordering::SeqCst);
+    assert!(
+        opened <= 5,
+        "{opened} upstream connections for 50 sequential client connections"
     );
+
+    // One client connection with many requests uses one upstream connection.
+    let before = connections.load(Ordering::SeqCst);
+    let client = http1_client();
+    for _ in 0..50 {
+        let r = client
+            .request(
+                Request::get(format!("http://{}/", proxy.addr))
+                    .body(full(""))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.into_body().collect().await.unwrap();
+    }
+    assert!(connections.load(Ordering::SeqCst) - before <= 1);
 }
 
 #[tokio::test]

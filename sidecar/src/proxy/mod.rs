@@ -9,6 +9,7 @@
 
 mod connect;
 pub mod headers;
+mod session;
 mod upgrade;
 
 use std::net::SocketAddr;
@@ -22,6 +23,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use connect::FixedConnector;
+pub use session::Session;
+use session::{BoxError, IdlePool, SendError};
 pub use upgrade::Tunnel;
 
 /// How to reach the upstream and how to treat requests on the way.
@@ -41,6 +44,7 @@ pub struct Forwarder {
     config: ForwarderConfig,
     http1: Client<FixedConnector, Incoming>,
     http2: Client<FixedConnector, Incoming>,
+    idle: IdlePool,
 }
 
 /// A forwarded request's response, and for an upgrade, the tunnel to run
@@ -57,7 +61,7 @@ pub enum ForwardError {
     Connect {
         upstream: Authority,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
     },
     #[error("upstream {upstream} sent no response headers within {after:?}")]
     Timeout {
@@ -68,7 +72,7 @@ pub enum ForwardError {
     Upstream {
         upstream: Authority,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
     },
 }
 
@@ -122,8 +126,15 @@ impl Forwarder {
         Self {
             http1: http1.build(connector.clone()),
             http2: http2.build(connector),
+            idle: IdlePool::default(),
             config,
         }
+    }
+
+    /// A session for one client connection: its HTTP/1.1 requests all go
+    /// over one upstream connection (see [`Session`]).
+    pub fn session(&self) -> Session {
+        Session::new(self.config.upstream.clone(), self.idle.clone())
     }
 
     pub fn upstream(&self) -> &Authority {
@@ -136,6 +147,7 @@ impl Forwarder {
         &self,
         mut request: Request<Incoming>,
         client: SocketAddr,
+        session: Option<&Session>,
     ) -> Result<Forwarded, ForwardError> {
         let http2 = request.version() == Version::HTTP_2;
         let upgrade = if http2 {
@@ -158,8 +170,21 @@ impl Forwarder {
             headers::add_forwarded(headers, client.ip(), "http");
         }
 
-        let pool = if http2 { &self.http2 } else { &self.http1 };
-        let sent = pool.request(request);
+        let sent = async {
+            match session {
+                Some(session) if !http2 && client_upgrade.is_none() => session.send(request).await,
+                _ => {
+                    let pool = if http2 { &self.http2 } else { &self.http1 };
+                    pool.request(request).await.map_err(|e| {
+                        if e.is_connect() {
+                            SendError::Connect(e.into())
+                        } else {
+                            SendError::Upstream(e.into())
+                        }
+                    })
+                }
+            }
+        };
         let result = match self.config.timeout {
             Some(after) => match tokio::time::timeout(after, sent).await {
                 Ok(result) => result,
@@ -172,12 +197,11 @@ impl Forwarder {
             },
             None => sent.await,
         };
-        let mut response = result.map_err(|source| {
+        let mut response = result.map_err(|error| {
             let upstream = self.config.upstream.clone();
-            if source.is_connect() {
-                ForwardError::Connect { upstream, source }
-            } else {
-                ForwardError::Upstream { upstream, source }
+            match error {
+                SendError::Connect(source) => ForwardError::Connect { upstream, source },
+                SendError::Upstream(source) => ForwardError::Upstream { upstream, source },
             }
         })?;
 
