@@ -59,7 +59,8 @@ pub struct Config {
     #[arg(long, env = "INFLIGHT_FORWARDED_HEADERS", default_value_t = true, action = ArgAction::Set)]
     pub forwarded_headers: bool,
 
-    /// Worker threads (default: the CPUs this process may use).
+    /// Worker threads, each with its own event loop (default: the CPUs this
+    /// process may use).
     #[arg(long, env = "INFLIGHT_THREADS")]
     pub threads: Option<usize>,
 
@@ -120,6 +121,14 @@ impl Config {
                     .map(|h| h.trim().to_owned())
             })
             .unwrap_or_else(|| "unknown".to_owned())
+    }
+
+    /// Worker threads: `--threads`, else the CPUs this process may use.
+    pub fn workers(&self) -> usize {
+        self.threads
+            .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+            .unwrap_or(1)
+            .max(1)
     }
 
     pub fn identity(&self) -> PodIdentity {

@@ -42,6 +42,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Target(#[from] report::TargetError),
+    #[error("cannot start a worker thread: {0}")]
+    Worker(#[source] std::io::Error),
 }
 
 /// Runs the proxy until `shutdown` resolves, then drains and returns.
@@ -68,11 +70,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         report_metrics,
     );
 
-    let forwarder = Forwarder::new(ForwarderConfig {
+    let forwarder_config = ForwarderConfig {
         upstream: config.upstream.clone(),
         timeout: config.upstream_timeout,
         forwarded_headers: config.forwarded_headers,
-    });
+    };
+    let forwarder = Forwarder::new(forwarder_config.clone());
     let admin = Arc::new(admin::Admin {
         stats: stats.clone(),
         registry,
@@ -88,12 +91,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "inflight-proxy serving"
     );
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let drain_started = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let hard_limit = config.drain_timeout;
-    let grace = {
+    let grace: server::Grace = {
         let drain_started = drain_started.clone();
-        move || {
+        Arc::new(move || {
             let started = drain_started
                 .lock()
                 .map(|s| *s)
@@ -104,17 +107,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             (started + hard_limit)
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(500))
-        }
+        })
     };
-    let proxy = CountingProxy::new(forwarder, stats.clone());
-    let server = tokio::spawn(server::serve(
-        listener,
-        proxy,
-        async {
-            let _ = stop_rx.await;
-        },
-        grace,
-    ));
+    // The first worker shares this runtime with the acceptor, the admin
+    // server and the reporter; each further one gets a thread of its own.
+    let (first, first_done) =
+        server::spawn_worker(CountingProxy::new(forwarder, stats.clone()), grace.clone());
+    let mut workers = vec![first];
+    let mut done = vec![first_done];
+    for index in 1..config.workers() {
+        let stats = stats.clone();
+        let forwarder_config = forwarder_config.clone();
+        let (worker, worker_done) = server::spawn_worker_thread(
+            format!("inflight-worker-{index}"),
+            move || CountingProxy::new(Forwarder::new(forwarder_config), stats),
+            grace.clone(),
+        )
+        .map_err(Error::Worker)?;
+        workers.push(worker);
+        done.push(worker_done);
+    }
+    let acceptor = tokio::spawn(server::accept(listener, workers, stop_rx));
 
     shutdown.await;
     let started = Instant::now();
@@ -128,9 +141,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "SIGTERM: draining"
     );
     drain(&stats, started, config.drain_period, config.drain_timeout).await;
-    let _ = stop_tx.send(());
-    if let Err(error) = server.await {
-        tracing::warn!(%error, "server task failed");
+    let _ = stop_tx.send(true);
+    if let Err(error) = acceptor.await {
+        tracing::warn!(%error, "acceptor task failed");
+    }
+    for worker in done {
+        let _ = worker.await;
     }
     reporter.flush(Duration::from_millis(500)).await;
     tracing::info!(

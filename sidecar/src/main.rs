@@ -4,23 +4,12 @@ use inflight_proxy::Config;
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     init_tracing();
-    let threads = config
-        .threads
-        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
-        .unwrap_or(1)
-        .max(1);
-    // One core (the common sidecar budget) needs no work-stealing: a
-    // current-thread runtime does the same work with less synchronisation.
-    let runtime = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()?
-    };
+    // Worker threads beyond the first are started by `run`, each with a
+    // single-threaded runtime of its own; this one runs the first worker,
+    // the acceptor, the admin server and the reporter.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(inflight_proxy::run(config, shutdown_signal()))?;
     Ok(())
 }

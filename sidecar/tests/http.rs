@@ -311,3 +311,27 @@ async fn head_and_no_content_responses_end_their_count() {
     assert_eq!(stats["in_flight"], 0);
     assert_eq!(stats["responses"]["cancelled"], 0);
 }
+
+#[tokio::test]
+async fn any_number_of_workers_share_one_set_of_figures() {
+    let app = App::start(|_r| slow_ok(Duration::from_millis(500))).await;
+    for threads in ["1", "3"] {
+        let proxy = Proxy::start(app.addr, &["--threads", threads]).await;
+        let calls: Vec<_> = (0..30)
+            .map(|_| {
+                let addr = proxy.addr;
+                tokio::spawn(async move { get(addr, "/").await.map(|r| r.0) })
+            })
+            .collect();
+        proxy
+            .wait_stats(Duration::from_secs(5), |s| s["in_flight"] == 30)
+            .await;
+        for call in calls {
+            assert_eq!(call.await.unwrap(), Some(200));
+        }
+        let stats = proxy
+            .wait_stats(Duration::from_secs(5), |s| s["in_flight"] == 0)
+            .await;
+        assert_eq!(stats["responses"]["2xx"], 30, "with {threads} workers");
+    }
+}
