@@ -295,3 +295,34 @@ async fn a_stuck_aggregator_does_not_hold_up_requests() {
     // keep-alive pings close it after 15 s of silence.
     held.abort();
 }
+
+#[tokio::test]
+async fn every_aggregator_replica_gets_every_report() {
+    let mut first = IngestSink::start().await;
+    let mut second = IngestSink::start().await;
+    let app = App::start(app).await;
+    let proxy = Proxy::start(
+        app.addr,
+        &[
+            "--aggregator",
+            &format!("http://{},{}", first.addr, second.addr),
+            "--report-interval",
+            "100ms",
+        ],
+    )
+    .await;
+    for _ in 0..25 {
+        assert_eq!(get(proxy.addr, "/ok").await.unwrap().0, 200);
+    }
+    for sink in [&mut first, &mut second] {
+        let reports = sink
+            .until(Duration::from_secs(10), |all| {
+                total(all, |r| r.requests) >= 25
+            })
+            .await;
+        assert_eq!(total(&reports, |r| r.requests), 25);
+        assert_eq!(total(&reports, |r| responses(r).class_2xx), 25);
+    }
+    let stats = proxy.stats().await;
+    assert_eq!(stats["aggregators"].as_array().map(Vec::len), Some(2));
+}
