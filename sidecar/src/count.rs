@@ -38,6 +38,10 @@ impl CountingProxy {
         self.forwarder.session()
     }
 
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.forwarder
+    }
+
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
     }

@@ -70,6 +70,10 @@ async fn work(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    let sweeper = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.forwarder().sweep_idle_sessions().await })
+    };
     while let Some(stream) = connections.recv().await {
         let Ok(stream) = TcpStream::from_std(stream) else {
             continue;
@@ -96,10 +100,9 @@ async fn work(
         });
     }
     let grace = grace();
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let finished = tokio::time::timeout(grace, graceful.shutdown()).await;
+    sweeper.abort();
+    if finished.is_err() {
         tracing::warn!(
             ?grace,
             "connections still open after the drain limit; closing them"

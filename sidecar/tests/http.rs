@@ -335,3 +335,67 @@ async fn any_number_of_workers_share_one_set_of_figures() {
         assert_eq!(stats["responses"]["2xx"], 30, "with {threads} workers");
     }
 }
+
+/// Opens a raw keep-alive connection, sends one request, reads the answer
+/// and returns the still-open connection.
+async fn one_request_and_stay_open(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.ends_with(b"ok") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "proxy closed the connection: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 200"));
+    stream
+}
+
+#[tokio::test]
+async fn idle_client_connections_give_their_upstream_connection_back() {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let inner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let inner_addr = inner.local_addr().unwrap();
+    let _app = App::serve(inner, |_r| async { Response::new(full("ok")) });
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut a, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut b = tokio::net::TcpStream::connect(inner_addr).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+            });
+        }
+    });
+    let proxy = Proxy::start(addr, &["--threads", "1"]).await;
+    let mut first = Vec::new();
+    for _ in 0..20 {
+        first.push(one_request_and_stay_open(proxy.addr).await);
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 20);
+    // Two sweeps: the first marks the sessions idle, the second takes their
+    // upstream connections back.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut second = Vec::new();
+    for _ in 0..20 {
+        second.push(one_request_and_stay_open(proxy.addr).await);
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        20,
+        "new clients reuse the upstream connections idle clients gave back"
+    );
+    drop((first, second));
+}

@@ -24,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use connect::FixedConnector;
 pub use session::Session;
-use session::{BoxError, IdlePool, SendError};
+use session::{BoxError, IdlePool, SendError, Sessions};
 pub use upgrade::Tunnel;
 
 /// How to reach the upstream and how to treat requests on the way.
@@ -45,6 +45,7 @@ pub struct Forwarder {
     http1: Client<FixedConnector, Incoming>,
     http2: Client<FixedConnector, Incoming>,
     idle: IdlePool,
+    sessions: Sessions,
 }
 
 /// A forwarded request's response, and for an upgrade, the tunnel to run
@@ -127,6 +128,7 @@ impl Forwarder {
             http1: http1.build(connector.clone()),
             http2: http2.build(connector),
             idle: IdlePool::default(),
+            sessions: Sessions::default(),
             config,
         }
     }
@@ -134,7 +136,20 @@ impl Forwarder {
     /// A session for one client connection: its HTTP/1.1 requests all go
     /// over one upstream connection (see [`Session`]).
     pub fn session(&self) -> Session {
-        Session::new(self.config.upstream.clone(), self.idle.clone())
+        self.sessions
+            .open(self.config.upstream.clone(), self.idle.clone())
+    }
+
+    /// Gives idle sessions' upstream connections back to the pool, once per
+    /// sweep period, for as long as the returned future runs. Run it on the
+    /// runtime that serves this forwarder's sessions.
+    pub async fn sweep_idle_sessions(&self) {
+        let mut every = tokio::time::interval(session::SWEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            self.sessions.sweep();
+        }
     }
 
     pub fn upstream(&self) -> &Authority {

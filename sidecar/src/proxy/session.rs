@@ -4,12 +4,17 @@
 //! An HTTP/1.1 connection carries one request at a time, so the borrowed
 //! upstream connection is always free when the next request arrives. That
 //! takes the shared pool, its lock and its bookkeeping off the per-request
-//! path: the pool is touched once per client connection instead. (Driving
+//! path: the pool is touched once per client connection instead. A client
+//! connection that stays idle for a sweep period gives its upstream
+//! connection back early, so a thousand idle clients do not hold a thousand
+//! upstream connections. (Driving
 //! the upstream connection from the client connection's own task was tried
 //! and cost more CPU per request than this: hyper's dispatcher then wakes its
 //! own task for every message.)
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use http::uri::Authority;
 use http::{Request, Response};
@@ -21,7 +26,11 @@ use tokio::net::TcpStream;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Idle upstream connections kept for the next client connection.
-const MAX_IDLE: usize = 256;
+const MAX_IDLE: usize = 128;
+
+/// How often sessions idle since the previous sweep give their upstream
+/// connection back to the pool.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a request failed.
 #[derive(Debug)]
@@ -61,6 +70,55 @@ impl IdlePool {
     }
 }
 
+/// The sessions of one worker, so idle ones can be swept.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Sessions {
+    live: Arc<Mutex<Vec<Weak<Inner>>>>,
+    /// Counts sweeps; a session records it on each request.
+    epoch: Arc<AtomicU64>,
+}
+
+impl Sessions {
+    pub(super) fn open(&self, upstream: Authority, pool: IdlePool) -> Session {
+        let inner = Arc::new(Inner {
+            upstream,
+            pool,
+            sender: Mutex::new(None),
+            epoch: self.epoch.clone(),
+            last_used: AtomicU64::new(self.epoch.load(Ordering::Relaxed)),
+        });
+        if let Ok(mut live) = self.live.lock() {
+            live.push(Arc::downgrade(&inner));
+        }
+        Session { inner }
+    }
+
+    /// Takes back the upstream connection of every session that sent nothing
+    /// since the last sweep, and forgets sessions that have closed.
+    pub(super) fn sweep(&self) {
+        let now = self.epoch.fetch_add(1, Ordering::Relaxed);
+        let Ok(mut live) = self.live.lock() else {
+            return;
+        };
+        live.retain(|weak| {
+            let Some(inner) = weak.upgrade() else {
+                return false;
+            };
+            if inner.last_used.load(Ordering::Relaxed) < now {
+                let idle = inner
+                    .sender
+                    .lock()
+                    .ok()
+                    .and_then(|mut s| s.take_if(|s| s.is_ready()));
+                if let Some(sender) = idle {
+                    inner.pool.give_back(sender);
+                }
+            }
+            true
+        });
+    }
+}
+
 /// One client connection's upstream HTTP/1.1 connection.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -72,6 +130,8 @@ struct Inner {
     upstream: Authority,
     pool: IdlePool,
     sender: Mutex<Option<SendRequest<Incoming>>>,
+    epoch: Arc<AtomicU64>,
+    last_used: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -83,16 +143,6 @@ impl Drop for Inner {
 }
 
 impl Session {
-    pub(super) fn new(upstream: Authority, pool: IdlePool) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                upstream,
-                pool,
-                sender: Mutex::new(None),
-            }),
-        }
-    }
-
     fn take(&self) -> Option<SendRequest<Incoming>> {
         self.inner.sender.lock().ok().and_then(|mut s| s.take())
     }
@@ -133,6 +183,8 @@ impl Session {
         if let Some(path) = request.uri().path_and_query().cloned() {
             *request.uri_mut() = http::Uri::from(path);
         }
+        let epoch = self.inner.epoch.load(Ordering::Relaxed);
+        self.inner.last_used.store(epoch, Ordering::Relaxed);
         for attempt in 0..2 {
             let mut sender = match self.take() {
                 Some(sender) if !sender.is_closed() => sender,
