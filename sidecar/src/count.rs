@@ -16,7 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 
-use crate::proxy::{Forwarder, Session};
+use crate::proxy::{Forwarder, UpstreamBody};
 use crate::stats::{Class, Stats};
 
 /// The body the proxy answers with: the upstream's, counted, or our own error.
@@ -34,14 +34,6 @@ impl CountingProxy {
         Self { forwarder, stats }
     }
 
-    pub fn session(&self) -> Session {
-        self.forwarder.session()
-    }
-
-    pub fn forwarder(&self) -> &Forwarder {
-        &self.forwarder
-    }
-
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
     }
@@ -50,12 +42,11 @@ impl CountingProxy {
         &self,
         request: Request<Incoming>,
         client: SocketAddr,
-        session: &Session,
     ) -> Response<ProxyBody> {
         // The kubelet's probes pass through but are not load.
         let guard = (!is_probe(&request)).then(|| InFlight::start(self.stats.clone()));
         let http1 = request.version() < http::Version::HTTP_2;
-        let mut response = self.respond(request, client, session, guard).await;
+        let mut response = self.respond(request, client, guard).await;
         // While draining, a keep-alive client is told to reconnect, so its
         // next request finds a pod that is staying rather than a closing socket.
         if http1
@@ -74,10 +65,9 @@ impl CountingProxy {
         &self,
         request: Request<Incoming>,
         client: SocketAddr,
-        session: &Session,
         guard: Option<InFlight>,
     ) -> Response<ProxyBody> {
-        match self.forwarder.forward(request, client, Some(session)).await {
+        match self.forwarder.forward(request, client).await {
             Ok(forwarded) => {
                 let (parts, body) = forwarded.response.into_parts();
                 if let Some(tunnel) = forwarded.tunnel {
@@ -164,14 +154,14 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 /// request's count when the last frame has gone.
 #[derive(Debug)]
 pub struct CountedBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     guard: Option<InFlight>,
     class: Class,
     grpc: bool,
 }
 
 impl CountedBody {
-    fn uncounted(inner: Incoming) -> Self {
+    fn uncounted(inner: UpstreamBody) -> Self {
         Self {
             inner,
             guard: None,
@@ -180,7 +170,7 @@ impl CountedBody {
         }
     }
 
-    fn new(inner: Incoming, guard: InFlight, parts: &http::response::Parts) -> Self {
+    fn new(inner: UpstreamBody, guard: InFlight, parts: &http::response::Parts) -> Self {
         let grpc = is_grpc(&parts.headers);
         let mut class = Class::from_status(parts.status);
         // A trailers-only gRPC response carries its status in the headers.

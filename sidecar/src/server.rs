@@ -70,10 +70,6 @@ async fn work(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
-    let sweeper = {
-        let proxy = proxy.clone();
-        tokio::spawn(async move { proxy.forwarder().sweep_idle_sessions().await })
-    };
     while let Some(stream) = connections.recv().await {
         let Ok(stream) = TcpStream::from_std(stream) else {
             continue;
@@ -83,11 +79,9 @@ async fn work(
             Err(_) => continue,
         };
         let proxy = proxy.clone();
-        let session = proxy.session();
         let service = service_fn(move |request| {
             let proxy = proxy.clone();
-            let session = session.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(request, client, &session).await) }
+            async move { Ok::<_, Infallible>(proxy.handle(request, client).await) }
         });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -100,9 +94,10 @@ async fn work(
         });
     }
     let grace = grace();
-    let finished = tokio::time::timeout(grace, graceful.shutdown()).await;
-    sweeper.abort();
-    if finished.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             ?grace,
             "connections still open after the drain limit; closing them"

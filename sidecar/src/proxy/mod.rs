@@ -9,7 +9,7 @@
 
 mod connect;
 pub mod headers;
-mod session;
+mod pool;
 mod upgrade;
 
 use std::net::SocketAddr;
@@ -23,8 +23,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use connect::FixedConnector;
-pub use session::Session;
-use session::{BoxError, IdlePool, SendError, Sessions};
+use pool::{BoxError, SendError};
+pub use pool::{Http1Pool, UpstreamBody};
 pub use upgrade::Tunnel;
 
 /// How to reach the upstream and how to treat requests on the way.
@@ -44,15 +44,14 @@ pub struct Forwarder {
     config: ForwarderConfig,
     http1: Client<FixedConnector, Incoming>,
     http2: Client<FixedConnector, Incoming>,
-    idle: IdlePool,
-    sessions: Sessions,
+    pool: Http1Pool,
 }
 
 /// A forwarded request's response, and for an upgrade, the tunnel to run
 /// once the response has gone back to the client.
 #[derive(Debug)]
 pub struct Forwarded {
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamBody>,
     pub tunnel: Option<Tunnel>,
 }
 
@@ -127,29 +126,14 @@ impl Forwarder {
         Self {
             http1: http1.build(connector.clone()),
             http2: http2.build(connector),
-            idle: IdlePool::default(),
-            sessions: Sessions::default(),
+            pool: Http1Pool::new(config.upstream.clone()),
             config,
         }
     }
 
-    /// A session for one client connection: its HTTP/1.1 requests all go
-    /// over one upstream connection (see [`Session`]).
-    pub fn session(&self) -> Session {
-        self.sessions
-            .open(self.config.upstream.clone(), self.idle.clone())
-    }
-
-    /// Gives idle sessions' upstream connections back to the pool, once per
-    /// sweep period, for as long as the returned future runs. Run it on the
-    /// runtime that serves this forwarder's sessions.
-    pub async fn sweep_idle_sessions(&self) {
-        let mut every = tokio::time::interval(session::SWEEP_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            self.sessions.sweep();
-        }
+    /// The HTTP/1.1 pool, for its figures.
+    pub fn http1_pool(&self) -> &Http1Pool {
+        &self.pool
     }
 
     pub fn upstream(&self) -> &Authority {
@@ -162,7 +146,6 @@ impl Forwarder {
         &self,
         mut request: Request<Incoming>,
         client: SocketAddr,
-        session: Option<&Session>,
     ) -> Result<Forwarded, ForwardError> {
         let http2 = request.version() == Version::HTTP_2;
         let upgrade = if http2 {
@@ -186,18 +169,14 @@ impl Forwarder {
         }
 
         let sent = async {
-            match session {
-                Some(session) if !http2 && client_upgrade.is_none() => session.send(request).await,
-                _ => {
-                    let pool = if http2 { &self.http2 } else { &self.http1 };
-                    pool.request(request).await.map_err(|e| {
-                        if e.is_connect() {
-                            SendError::Connect(e.into())
-                        } else {
-                            SendError::Upstream(e.into())
-                        }
-                    })
-                }
+            if !http2 && client_upgrade.is_none() {
+                return self.pool.send(request).await;
+            }
+            let client = if http2 { &self.http2 } else { &self.http1 };
+            match client.request(request).await {
+                Ok(response) => Ok(response.map(UpstreamBody::plain)),
+                Err(e) if e.is_connect() => Err(SendError::Connect(e.into())),
+                Err(e) => Err(SendError::Upstream(e.into())),
             }
         };
         let result = match self.config.timeout {
