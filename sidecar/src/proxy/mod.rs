@@ -3,9 +3,11 @@
 //! counting; the sidecar wraps it with [`crate::count`], and the activator
 //! uses it as it is to forward held requests to a ready pod.
 //!
-//! HTTP/1.x requests go over a pool of HTTP/1.1 keep-alive connections,
-//! HTTP/2 requests over a pool of h2c connections, so gRPC keeps its
-//! trailers and its streams. Bodies stream through in both directions.
+//! HTTP/1.x requests go over our own pool of HTTP/1.1 keep-alive connections
+//! ([`Http1Pool`]); HTTP/2 requests over hyper's pool of multiplexed h2c
+//! connections, so gRPC keeps its trailers and its streams; upgrades
+//! (websocket) over a connection of their own. Bodies stream through in
+//! both directions.
 
 mod connect;
 pub mod headers;
@@ -42,7 +44,8 @@ pub struct ForwarderConfig {
 #[derive(Debug, Clone)]
 pub struct Forwarder {
     config: ForwarderConfig,
-    http1: Client<FixedConnector, Incoming>,
+    /// Upgrade requests: hyper's client hands over the upgraded connection.
+    upgrades: Client<FixedConnector, Incoming>,
     http2: Client<FixedConnector, Incoming>,
     pool: Http1Pool,
 }
@@ -112,10 +115,9 @@ impl ForwardError {
 impl Forwarder {
     pub fn new(config: ForwarderConfig) -> Self {
         let connector = FixedConnector::new(config.upstream.clone());
-        let mut http1 = Client::builder(TokioExecutor::new());
-        http1
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90));
+        let mut upgrades = Client::builder(TokioExecutor::new());
+        // An upgraded connection is never returned to a pool.
+        upgrades.pool_max_idle_per_host(0);
         let mut http2 = Client::builder(TokioExecutor::new());
         http2
             .pool_timer(TokioTimer::new())
@@ -124,7 +126,7 @@ impl Forwarder {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .http2_adaptive_window(true);
         Self {
-            http1: http1.build(connector.clone()),
+            upgrades: upgrades.build(connector.clone()),
             http2: http2.build(connector),
             pool: Http1Pool::new(config.upstream.clone()),
             config,
@@ -172,7 +174,7 @@ impl Forwarder {
             if !http2 && client_upgrade.is_none() {
                 return self.pool.send(request).await;
             }
-            let client = if http2 { &self.http2 } else { &self.http1 };
+            let client = if http2 { &self.http2 } else { &self.upgrades };
             match client.request(request).await {
                 Ok(response) => Ok(response.map(UpstreamBody::plain)),
                 Err(e) if e.is_connect() => Err(SendError::Connect(e.into())),

@@ -27,6 +27,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Idle connections kept; more are closed when their response ends.
 const MAX_IDLE: usize = 128;
 
+/// The app is on the same host: a connection it does not accept at once
+/// will not be accepted.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why a request failed.
 #[derive(Debug)]
 pub enum SendError {
@@ -68,9 +72,13 @@ impl Http1Pool {
     }
 
     async fn connect(&self) -> Result<SendRequest<Incoming>, SendError> {
-        let stream = TcpStream::connect(self.upstream.as_str())
-            .await
-            .map_err(|e| SendError::Connect(e.into()))?;
+        let stream =
+            tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.upstream.as_str()))
+                .await
+                .map_err(|_| {
+                    SendError::Connect(format!("no answer within {CONNECT_TIMEOUT:?}").into())
+                })?
+                .map_err(|e| SendError::Connect(e.into()))?;
         let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
