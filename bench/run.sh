@@ -40,6 +40,13 @@
 # medians over rounds. At the end, each proxy's RSS idle and with IDLE_CONNS (1000) idle
 # client connections (bench/lib/idle-conns.py, plain Python sockets).
 #
+# Other work on the machine: before each (round, protocol, target) unit the script waits
+# (bounded: QUIET_WAIT s per unit, QUIET_BUDGET s in all) until other processes use < 5% of a
+# CPU. Each run records "foreign" CPU: CPU time of every process that is not the script, the
+# app, the proxy, the API stand-in or the load generator (bench/lib/cpu-others.py). A unit in which others used more than
+# DISTURBED_PCT (2) % of the machine is repeated RETRY_DISTURBED (1) time(s) while the quiet
+# budget lasts, then kept and flagged in RESULTS.md.
+#
 # Everything listens on 127.0.0.1, except queue-proxy and the interceptor, whose listeners
 # are hard-coded to all interfaces (queue-proxy also always opens :8022 and :9090); all
 # traffic is loopback. Every wait is bounded; all processes started are stopped on exit.
@@ -51,6 +58,7 @@
 #   PROTOCOLS="h1 h2c" MODES="max rate" PIN=1 SERVER_CPUS=0 CLIENT_CPUS=1 OUT=bench/RESULTS.md
 #   BENCH_PORT_BASE=18000 (ports 18080..18141 are used) INFLIGHT_PROXY_BIN=... BUILD_INFLIGHT=1
 #   BENCH_CACHE=$HOME/.cache/inflight/bench KEEP_WORK=0 (1 keeps logs in the work dir)
+#   QUIET_WAIT=30 QUIET_BUDGET=240 DISTURBED_PCT=2 RETRY_DISTURBED=1
 # Needs: Debian (bookworm) with apt-get for wrk, nghttp2-client (h2load), nginx, curl,
 # python3 (installed if missing); Go for the two Go peers (built once, cached per version);
 # cargo for inflight-proxy (`cargo build --release -p inflight-proxy`).
@@ -85,9 +93,16 @@ INFLIGHT_PROXY_BIN=${INFLIGHT_PROXY_BIN:-$ROOT/target/release/inflight-proxy}
 BUILD_INFLIGHT=${BUILD_INFLIGHT:-1}
 KEEP_WORK=${KEEP_WORK:-0}
 GO_BUILD_TIMEOUT=${GO_BUILD_TIMEOUT:-900}
+QUIET_WAIT=${QUIET_WAIT:-30}          # per unit: wait at most this long for other processes to go
+QUIET_BUDGET=${QUIET_BUDGET:-240}     # in total
+DISTURBED_PCT=${DISTURBED_PCT:-2}     # a run is disturbed when others used > this % of all CPUs
+RETRY_DISTURBED=${RETRY_DISTURBED:-1} # repeat a disturbed unit this many times
 H1_HOST=app.bench.local       # Host / :authority sent to every target (the interceptor routes on it)
 H2_HOST=app-h2c.bench.local
 
+for v in QUIET_WAIT QUIET_BUDGET DISTURBED_PCT RETRY_DISTURBED; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || { echo "run.sh: $v must be a non-negative integer (got '${!v}')" >&2; exit 2; }
+done
 for v in DURATION ROUNDS WARMUP CONNS H2_STREAMS RATE RATE_CONNS IDLE_CONNS; do
   [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -gt 0 ] || { echo "run.sh: $v must be a positive integer (got '${!v}')" >&2; exit 2; }
 done
@@ -139,6 +154,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
+fg_run() {  # fg_run CMD...: run in the background and wait, so a signal interrupts it at once
+  "$@" &
+  local pid=$! rc
+  PIDS+=("$pid")
+  wait "$pid"; rc=$?
+  local keep=() p
+  for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+  return $rc
+}
 start_bg() {  # start_bg NAME CMD...: background, logs to $WORK/logs/NAME.log, sets BG_PID
   local name=$1; shift
   "$@" >"$WORK/logs/$name.log" 2>&1 &
@@ -345,6 +370,10 @@ cpu_ticks() { local t=0 p v; for p in "$@"; do v=$(sed 's/^.*) //' "/proc/$p/sta
 hwm_kb() { local t=0 p v; for p in "$@"; do v=$(awk '/^VmHWM:/{print $2}' "/proc/$p/status" 2>/dev/null); t=$((t + ${v:-0})); done; echo "$t"; }
 reset_hwm() { local p; for p in "$@"; do echo 5 >"/proc/$p/clear_refs" 2>/dev/null || HWM_RESET=no; done; }
 HWM_RESET=yes
+# CPU used by anything that is not this benchmark over a run ("foreign"): per-process
+# utime/stime (+ reaped children) of every process that is not this shell or one of its
+# descendants (app, proxy, API stand-in, load generator) — bench/lib/cpu-others.py.
+snap() { python3 "$LIB/cpu-others.py" snap "$WORK/cpu-$1.json"; }
 
 # ---------------------------------------------------------------- targets
 write_nginx_proxy_conf() {
@@ -471,8 +500,9 @@ run_load() {
   rm -f "$lf"
   R_ERR_MSG=
   if [ "$mode" = max ] && [ "$proto" = h1 ]; then
-    timeout $((secs + 30)) "${CLI[@]}" wrk -t "$CT" -c "$CONNS" -d "${secs}s" --timeout 10s -s "$LIB/wrk-report.lua" \
+    fg_run timeout $((secs + 30)) "${CLI[@]}" wrk -t "$CT" -c "$CONNS" -d "${secs}s" --timeout 10s -s "$LIB/wrk-report.lua" \
       -H "Host: $host" "http://127.0.0.1:$port/" >"$out" 2>&1
+    snap after
     local line; line=$(grep '^RESULT ' "$out")
     [ -n "$line" ] || { R_ERR_MSG="wrk: $(tail -2 "$out" | tr '\n' ' ')"; return 1; }
     eval "$(echo "${line#RESULT }" | tr ' ' '\n' | sed 's/^/W_/')"
@@ -485,7 +515,8 @@ run_load() {
   [ "$proto" = h1 ] && args+=(--h1)
   if [ "$mode" = max ]; then args+=(-c "$CONNS" -m "$([ "$proto" = h2c ] && echo "$H2_STREAMS" || echo 1)")
   else args+=(-c "$RATE_CONNS" -m 1 --rps "$((RATE / RATE_CONNS))"); fi
-  timeout $((secs + 30)) "${CLI[@]}" h2load "${args[@]}" "http://127.0.0.1:$port/" >"$out" 2>&1
+  fg_run timeout $((secs + 30)) "${CLI[@]}" h2load "${args[@]}" "http://127.0.0.1:$port/" >"$out" 2>&1
+  snap after
   local fin s2xx done_
   fin=$(awk '/^finished in/ { sub("s,", "", $3); print $3 }' "$out")
   s2xx=$(awk '/^status codes:/ { print $3 }' "$out")
@@ -498,7 +529,7 @@ run_load() {
   return 0
 }
 
-record() { printf '%s\n' "$(IFS=$'\t'; echo "$*")" >>"$WORK/runs.tsv"; }
+record() { printf '%s\n' "$(IFS=$'\t'; echo "$*")" >>"$WORK/unit.tsv"; }
 
 # ---------------------------------------------------------------- set-up description
 {
@@ -511,43 +542,78 @@ record() { printf '%s\n' "$(IFS=$'\t'; echo "$*")" >>"$WORK/runs.tsv"; }
   echo "$PIN_DESC. Client threads: $CT. HWM reset before each measured run: see facts."
 } >"$WORK/setup.txt"
 
+# wait_quiet: before each unit, wait (bounded by QUIET_WAIT per unit and QUIET_BUDGET in
+# total) until other processes use < 5% of one CPU for 2 seconds in a row.
+QUIET_LEFT=$QUIET_BUDGET
+wait_quiet() {
+  local quiet=0 waited=0 f top
+  while [ "$waited" -lt "$QUIET_WAIT" ] && [ "$QUIET_LEFT" -gt 0 ]; do
+    read -r f top < <(python3 "$LIB/cpu-others.py" window 1 $$)
+    if awk -v f="$f" 'BEGIN { exit !(f < 0.05) }'; then quiet=$((quiet + 1)); [ "$quiet" -ge 2 ] && return 0; else quiet=0; fi
+    waited=$((waited + 1)); QUIET_LEFT=$((QUIET_LEFT - 1))
+    [ $((waited % 10)) = 0 ] && log "waiting for other processes to leave the CPUs (${waited}s; busy: $top)"
+  done
+  return 0
+}
+
+# run_unit ROUND PROTO TARGET ORDER: fresh start, warm-up, measured runs; records to unit.tsv.
+# Returns 1 when another process used more than DISTURBED_PCT % of the machine's CPU in a run.
+run_unit() {
+  local r=$1 proto=$2 t=$3 order=$4 m pids c0 c1 foreign ftop cpu hwm st disturbed=0
+  if ! start_target "$t" "$proto" "-r$r"; then
+    log "round $r $proto $t: start failed: $T_ERR"
+    tail -5 "$WORK/logs/$t-$proto-r$r.log" 2>/dev/null | sed 's/^/    /' >&2
+    for m in $MODES; do record "$r" "$proto" "$m" "$t" "start failed: $T_ERR" - - - - - - - - "$order" - -; done
+    stop_target; return 0
+  fi
+  # warm-up at full load (not measured)
+  run_load max "$proto" "$T_PORT" "$WARMUP" >/dev/null 2>&1
+  for m in $MODES; do
+    pids=($(proc_pids "$T_PID"))
+    [ -n "$T_PID" ] && reset_hwm "${pids[@]}"
+    snap before
+    c0=$(cpu_ticks "${pids[@]}")
+    if run_load "$m" "$proto" "$T_PORT" "$DURATION"; then
+      c1=$(cpu_ticks "${pids[@]}")
+      read -r foreign ftop < <(python3 "$LIB/cpu-others.py" diff "$WORK/cpu-before.json" "$WORK/cpu-after.json" $$)
+      awk -v f="$foreign" -v lim="$(awk -v d="$DURATION" -v n="$NPROC" -v p="$DISTURBED_PCT" 'BEGIN { print d * n * p / 100 }')" \
+        'BEGIN { exit !(f > lim) }' && disturbed=1
+      if [ -n "$T_PID" ]; then
+        cpu=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz }'); hwm=$(hwm_kb "${pids[@]}")
+      else cpu=-; hwm=-; fi
+      if [ -n "$T_PID" ] && ! kill -0 "$T_PID" 2>/dev/null; then st="proxy exited during the run"; else st=ok; fi
+      record "$r" "$proto" "$m" "$t" "$st" "$R_RPS" "$R_P50" "$R_P99" "$hwm" "$cpu" "$R_REQ" "$R_ERR" "$T_UP" "$order" "$foreign" "$ftop"
+      log "round $r $proto $m $t: ${R_RPS} req/s p50 ${R_P50}us p99 ${R_P99}us hwm ${hwm}KiB cpu ${cpu}s errors $R_ERR (upstream: $T_UP) foreign cpu ${foreign}s ($ftop)"
+    else
+      record "$r" "$proto" "$m" "$t" "client failed: $R_ERR_MSG" - - - - - - - - "$order" - -
+      log "round $r $proto $m $t: client failed: $R_ERR_MSG"
+    fi
+  done
+  stop_target
+  return $disturbed
+}
+
 # ---------------------------------------------------------------- the rounds
 read -r -a TLIST <<<"$TARGETS"
 NT=${#TLIST[@]}
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+awk '{ exit !($1 > 0.5) }' /proc/loadavg && log "warning: load average is $LOAD_START before the run; other work on this machine will skew the numbers"
 log "targets: $TARGETS | protocols: $PROTOCOLS | modes: $MODES | rounds: $ROUNDS x ${DURATION}s (+${WARMUP}s warm-up) | $PIN_DESC"
 T0=$(date +%s)
 for ((r = 1; r <= ROUNDS; r++)); do
   for proto in $PROTOCOLS; do
     for ((k = 0; k < NT; k++)); do
       t=${TLIST[$(((k + r - 1) % NT))]}
-      order=$((k + 1))
-      if ! start_target "$t" "$proto" "-r$r"; then
-        log "round $r $proto $t: start failed: $T_ERR"
-        tail -5 "$WORK/logs/$t-$proto-r$r.log" 2>/dev/null | sed 's/^/    /' >&2
-        for m in $MODES; do record "$r" "$proto" "$m" "$t" "start failed: $T_ERR" - - - - - - - - "$order"; done
-        stop_target; continue
-      fi
-      pids=($(proc_pids "$T_PID"))
-      # warm-up at full load (not measured)
-      run_load max "$proto" "$T_PORT" "$WARMUP" >/dev/null 2>&1
-      for m in $MODES; do
-        pids=($(proc_pids "$T_PID"))
-        [ -n "$T_PID" ] && reset_hwm "${pids[@]}"
-        c0=$(cpu_ticks "${pids[@]}")
-        if run_load "$m" "$proto" "$T_PORT" "$DURATION"; then
-          c1=$(cpu_ticks "${pids[@]}")
-          if [ -n "$T_PID" ]; then
-            cpu=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz }'); hwm=$(hwm_kb "${pids[@]}")
-          else cpu=-; hwm=-; fi
-          if [ -n "$T_PID" ] && ! kill -0 "$T_PID" 2>/dev/null; then st="proxy exited during the run"; else st=ok; fi
-          record "$r" "$proto" "$m" "$t" "$st" "$R_RPS" "$R_P50" "$R_P99" "$hwm" "$cpu" "$R_REQ" "$R_ERR" "$T_UP" "$order"
-          log "round $r $proto $m $t: ${R_RPS} req/s p50 ${R_P50}us p99 ${R_P99}us hwm ${hwm}KiB cpu ${cpu}s errors $R_ERR (upstream: $T_UP)"
-        else
-          record "$r" "$proto" "$m" "$t" "client failed: $R_ERR_MSG" - - - - - - - - "$order"
-          log "round $r $proto $m $t: client failed: $R_ERR_MSG"
+      for ((attempt = 1; ; attempt++)); do
+        wait_quiet
+        : >"$WORK/unit.tsv"
+        run_unit "$r" "$proto" "$t" $((k + 1)) && break
+        if [ "$attempt" -gt "$RETRY_DISTURBED" ] || [ "$QUIET_LEFT" -le 0 ]; then
+          log "round $r $proto $t: disturbed by other processes; keeping it (flagged in RESULTS.md)"; break
         fi
+        log "round $r $proto $t: other processes used the CPU during the run; repeating it"
       done
-      stop_target
+      cat "$WORK/unit.tsv" >>"$WORK/runs.tsv"
     done
   done
 done
@@ -582,6 +648,7 @@ inflight_sum=$([ -x "$INFLIGHT_PROXY_BIN" ] && sha256sum "$INFLIGHT_PROXY_BIN" |
   printf 'kernel\t%s\n' "$(uname -sr)"
   printf 'os\t%s\n' "$(. /etc/os-release 2>/dev/null; echo "${PRETTY_NAME:-unknown}")"
   printf 'pinning\t%s\n' "$PIN_DESC"
+  printf 'load average\t%s before the runs, %s after (1/5/15 min)\n' "$LOAD_START" "$(cut -d' ' -f1-3 /proc/loadavg)"
   printf 'settings\t%s rounds; per round and protocol every target once (order rotated); %ss warm-up, then %ss max + %ss fixed-rate runs; %s conns (h2c: x %s streams) for max; %s req/s over %s conns for fixed rate\n' \
     "$ROUNDS" "$WARMUP" "$DURATION" "$DURATION" "$CONNS" "$H2_STREAMS" "$RATE" "$RATE_CONNS"
   printf 'peak RSS\tVmHWM reset (clear_refs) before each measured run: %s\n' "$HWM_RESET"
@@ -592,6 +659,7 @@ inflight_sum=$([ -x "$INFLIGHT_PROXY_BIN" ] && sha256sum "$INFLIGHT_PROXY_BIN" |
   printf 'interceptor\tgithub.com/kedacore/http-add-on/interceptor@%s, built with %s\n' "$INTERCEPTOR_VERSION" "${GO_VER:-?}"
 } >"$WORK/facts.tsv"
 {
+  printf 'duration\t%s\nncpu\t%s\n' "$DURATION" "$NPROC"
   printf 'conns\t%s\nh2_streams\t%s\nrate\t%s\nrate_conns\t%s\nidle_conns\t%s\n' "$CONNS" "$H2_STREAMS" "$RATE" "$RATE_CONNS" "$IDLE_CONNS"
 } >"$WORK/settings.tsv"
 mkdir -p "$(dirname "$OUT")"

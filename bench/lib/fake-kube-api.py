@@ -24,9 +24,12 @@ start-up and keeps the objects in its informer caches.  Binds 127.0.0.1 only.
 """
 import argparse
 import json
+import select
+import socket
 import sys
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -53,7 +56,7 @@ class Store:
         for o in objects:
             md = o.setdefault("metadata", {})
             md.setdefault("resourceVersion", RV)
-            md.setdefault("uid", "00000000-0000-0000-0000-%012d" % (abs(hash(md.get("name", ""))) % 10**12))
+            md.setdefault("uid", "00000000-0000-0000-0000-%012x" % zlib.crc32((md.get("namespace", "") + "/" + md.get("name", "")).encode()))
             md.setdefault("creationTimestamp", "2025-01-01T00:00:00Z")
             md.setdefault("generation", 1)
             self.by_kind.setdefault(o["kind"], []).append(o)
@@ -201,10 +204,14 @@ def make_handler(store, port, watch_max, log):
                 limit = min(float(q.get("timeoutSeconds", watch_max)), watch_max)
                 deadline = time.monotonic() + limit
                 while time.monotonic() < deadline:
-                    time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                    # end early when the client goes away (readable with EOF)
+                    r, _, _ = select.select([self.connection], [], [],
+                                            min(1.0, max(0.0, deadline - time.monotonic())))
+                    if r and not self.connection.recv(1, socket.MSG_PEEK):
+                        return
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError, OSError):
                 pass
             self.close_connection = True
 

@@ -24,7 +24,7 @@ def h2load_pct(path):
 
 
 COLS = ["round", "proto", "mode", "target", "status", "rps", "p50_us", "p99_us",
-        "hwm_kb", "cpu_s", "requests", "errors", "upstream_proto", "order"]
+        "hwm_kb", "cpu_s", "requests", "errors", "upstream_proto", "order", "foreign_cpu_s", "foreign_top"]
 
 
 def fmt_us(us):
@@ -93,6 +93,16 @@ def render(work, out_path):
       "over the measured run) ÷ requests × 100,000, median over rounds; **errors** = non-2xx + socket "
       "errors summed over rounds; **upstream** = protocol the app saw for a probe request sent through the "
       "target. *direct* has no proxy, so it has no RSS/CPU figures.")
+    w("")
+    budget = float(meta["settings"].get("duration", "0") or 0) * float(meta["settings"].get("ncpu", "1") or 1)
+    noisy = [r for r in rows if r.get("foreign_cpu_s", "-") not in ("-", "")
+             and budget > 0 and float(r["foreign_cpu_s"]) > 0.02 * budget]
+    if noisy:
+        w("**Disturbed runs:** %d of %d runs had other processes on this machine using more than 2%% of its "
+          "CPU (up to %.1f CPU-seconds in a %s s run); see *foreign CPU s* under *Every run*." % (
+              len(noisy), len(rows), max(float(r["foreign_cpu_s"]) for r in noisy), meta["settings"]["duration"]))
+    else:
+        w("Other processes on this machine used less than 2% of its CPU during every run (*foreign CPU s* under *Every run*).")
     w("")
     sections = [
         ("max", "h1", "Maximum throughput, HTTP/1.1 — wrk, %(conns)s connections" % meta["settings"]),
@@ -180,12 +190,17 @@ def render(work, out_path):
     w("")
     w("## Every run")
     w("")
-    w("| round | order | protocol | mode | target | status | req/s | p50 µs | p99 µs | VmHWM KiB | CPU s | requests | errors |")
-    w("| ---: | ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    w("*foreign CPU s*: CPU time used during the run by processes that are not part of the benchmark "
+      "(per-process CPU time of everything but the script, app, proxy, API stand-in and load generator), "
+      "with the biggest such users.")
+    w("")
+    w("| round | order | protocol | mode | target | status | req/s | p50 µs | p99 µs | VmHWM KiB | CPU s | requests | errors | foreign CPU s | foreign users |")
+    w("| ---: | ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
-        w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             r["round"], r["order"], r["proto"], r["mode"], r["target"], r["status"], r["rps"], r["p50_us"],
-            r["p99_us"], r["hwm_kb"], r["cpu_s"], r["requests"], r["errors"]))
+            r["p99_us"], r["hwm_kb"], r["cpu_s"], r["requests"], r["errors"], r.get("foreign_cpu_s", "-"),
+            r.get("foreign_top", "-")))
     w("")
     open(out_path, "w").write("\n".join(L))
 
