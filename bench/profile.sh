@@ -69,7 +69,7 @@ profile() { # label pid port
   perf record -q -e cpu-clock -F 4000 -p "$pid" -o "$WORK/$label.data" -- sleep "$DURATION" >/dev/null 2>&1
   wait $wrk
   local rps; rps=$(awk '/Requests\/sec/{print $2}' "$WORK/$label.wrk")
-  perf script -i "$WORK/$label.data" -F dso 2>/dev/null | awk -v label="$label" -v rps="$rps" -v d="$DURATION" '
+  perf script -i "$WORK/$label.data" -F ip,dso 2>/dev/null | awk -v label="$label" -v rps="$rps" -v d="$DURATION" '
     { n++; if ($0 ~ /kernel/) k++; else if ($0 ~ /libc|ld-linux|libgcc|vdso/) l++; else u++ }
     END { per = 1e6 / 4000 / (rps * d);
           printf "%-15s %9.0f req/s  CPU per request: %5.1f us = kernel %5.1f + own code %4.1f + libc %4.1f\n",

@@ -43,15 +43,16 @@
 # Other work on the machine: before each (round, protocol, target) unit the script waits
 # (bounded: QUIET_WAIT s per unit, QUIET_BUDGET s in all) until other processes use < 5% of a
 # CPU. Each run records "foreign" CPU: CPU time of every process that is not the script, the
-# app, the proxy, the API stand-in or the load generator (bench/lib/cpu-others.py). A unit in which others used more than
-# DISTURBED_PCT (2) % of the machine is repeated RETRY_DISTURBED (1) time(s) while the quiet
+# app, the proxy, the API stand-in or the load generator (bench/lib/cpu-others.py). A unit
+# in which others used more than DISTURBED_PCT (2) % of the machine is repeated RETRY_DISTURBED (1) time(s) while the quiet
 # budget lasts, then kept and flagged in RESULTS.md.
 #
 # Everything listens on 127.0.0.1, except queue-proxy and the interceptor, whose listeners
 # are hard-coded to all interfaces (queue-proxy also always opens :8022 and :9090); all
 # traffic is loopback. Every wait is bounded; all processes started are stopped on exit.
 #
-# Usage:  bench/run.sh                 full run (~13 min on 2 cores once the Go peers are built)
+# Usage:  bench/run.sh                 full run (~14 min on a quiet 2-core machine once the Go
+#                                      peers are built; the first build takes a few minutes)
 #         QUICK=1 bench/run.sh         smoke run (1 round, 3 s runs)
 # Knobs (environment): DURATION=10 ROUNDS=3 WARMUP=2 CONNS=64 H2_STREAMS=10 RATE=2000
 #   RATE_CONNS=10 IDLE_CONNS=1000 TARGETS="direct inflight-proxy nginx queue-proxy interceptor"
@@ -225,48 +226,49 @@ want() { [[ " $TARGETS " == *" $1 "* ]]; }
 # ---------------------------------------------------------------- peers: build or find
 mkdir -p "$CACHE"
 GO_VER=$(go version 2>/dev/null | awk '{print $3}')
-go_install() {  # go_install NAME PKG@VERSION OUTFILE: build once, cache
-  local name=$1 pkg=$2 out=$3 tmp
+# go_build NAME MODULE VERSION SUBDIR OUTFILE: build MODULE/SUBDIR@VERSION once and cache it.
+# First `go install MODULE/SUBDIR@VERSION`. That also asks the module proxy for the module's
+# version list, to check for deprecation; where the list is not served (seen here: 403 from
+# proxy.golang.org for github.com/kedacore/http-add-on) the install fails although the version
+# itself downloads fine, so then build the same tagged source: `go mod download -json
+# MODULE@VERSION`, copy its directory, `go build ./SUBDIR` with the module's own go.mod/go.sum.
+# A BUILD_NOTE next to the binary says which way it was built.
+go_build() {
+  local name=$1 mod=$2 ver=$3 sub=$4 out=$5 tmp src why first
   [ -x "$out" ] && return 0
   command -v go >/dev/null || { BUILD_ERR="go is not installed"; return 1; }
   tmp=$(mktemp -d "$WORK/go-$name.XXXX")
-  log "building $pkg (once; cached in $(dirname "$out"))"
-  if (cd "$tmp" && GOFLAGS=-mod=mod GOBIN="$tmp/bin" timeout "$GO_BUILD_TIMEOUT" go install "$pkg") >"$WORK/logs/build-$name.log" 2>&1; then
-    mkdir -p "$(dirname "$out")" && mv "$tmp/bin/$(basename "${pkg%@*}")" "$out" && return 0
+  log "building $mod/$sub@$ver (once; cached in $(dirname "$out"))"
+  if (cd "$tmp" && GOFLAGS=-mod=mod GOBIN="$tmp/bin" timeout "$GO_BUILD_TIMEOUT" go install "$mod/$sub@$ver") >"$WORK/logs/build-$name.log" 2>&1; then
+    mkdir -p "$(dirname "$out")" && mv "$tmp/bin/$(basename "$sub")" "$out" || return 1
+    echo "\`go install $mod/$sub@$ver\`, GOFLAGS=-mod=mod" >"$(dirname "$out")/BUILD_NOTE"
+    return 0
   fi
-  BUILD_ERR="go install $pkg failed: $(grep -v '^go: downloading' "$WORK/logs/build-$name.log" | tail -3 | tr '\n' ' ')"
+  first=$(grep -v '^go: downloading' "$WORK/logs/build-$name.log" | tail -3 | tr '\n' ' ')
+  log "go install failed ($first); building the same version from its module source"
+  src=$( (cd "$tmp" && GOFLAGS=-mod=mod go mod download -json "$mod@$ver") 2>>"$WORK/logs/build-$name.log" \
+         | python3 -c 'import json,sys; print(json.load(sys.stdin).get("Dir",""))' 2>/dev/null)
+  if [ -n "$src" ] && cp -r "$src" "$tmp/src" && chmod -R u+w "$tmp/src" \
+     && (cd "$tmp/src" && GOFLAGS=-mod=mod timeout "$GO_BUILD_TIMEOUT" go build -trimpath -o "$tmp/$name" "./$sub") >>"$WORK/logs/build-$name.log" 2>&1; then
+    mkdir -p "$(dirname "$out")" && mv "$tmp/$name" "$out" || return 1
+    why=$(echo "$first" | grep -o 'reading [^ ]*: [0-9][0-9][0-9] [A-Za-z ]*' | head -1)
+    echo "\`go install $mod/$sub@$ver\` failed (${why:-see the build log}; go install reads the module's version list to check for deprecation), so built from the same tagged module source: \`go mod download $mod@$ver\`, then \`go build ./$sub\` with the module's own go.mod/go.sum, GOFLAGS=-mod=mod" >"$(dirname "$out")/BUILD_NOTE"
+    return 0
+  fi
+  BUILD_ERR="go install $mod/$sub@$ver failed: $first; building from the module source failed too: $(tail -3 "$WORK/logs/build-$name.log" | tr '\n' ' ')"
   return 1
 }
 QUEUE_BIN=$CACHE/queue-$QUEUE_VERSION/queue
 INTERCEPTOR_BIN=$CACHE/interceptor-$INTERCEPTOR_VERSION/interceptor
-INTERCEPTOR_BUILD_NOTE="go install github.com/kedacore/http-add-on/interceptor@$INTERCEPTOR_VERSION"
 if want queue-proxy; then
-  go_install queue "knative.dev/serving/cmd/queue@$QUEUE_VERSION" "$QUEUE_BIN" || skip queue-proxy "$BUILD_ERR"
+  go_build queue knative.dev/serving "$QUEUE_VERSION" cmd/queue "$QUEUE_BIN" || skip queue-proxy "$BUILD_ERR"
 fi
-if want interceptor && [ ! -x "$INTERCEPTOR_BIN" ]; then
-  if ! go_install interceptor "github.com/kedacore/http-add-on/interceptor@$INTERCEPTOR_VERSION" "$INTERCEPTOR_BIN"; then
-    # `go install mod@version` also asks the proxy for the module's version list to check for
-    # deprecation; where that list is not served (seen: 403 from proxy.golang.org) the install
-    # fails although the version itself downloads fine. Build the same tagged source instead.
-    first_err=$BUILD_ERR
-    if command -v go >/dev/null; then
-      log "go install failed ($first_err); building the same version from its module source"
-      src=$( (cd "$WORK" && GOFLAGS=-mod=mod go mod download -json "github.com/kedacore/http-add-on@$INTERCEPTOR_VERSION") 2>>"$WORK/logs/build-interceptor.log" \
-             | python3 -c 'import json,sys; print(json.load(sys.stdin).get("Dir",""))' 2>/dev/null)
-      if [ -n "$src" ] && cp -r "$src" "$WORK/ki-src" && chmod -R u+w "$WORK/ki-src" \
-         && (cd "$WORK/ki-src" && GOFLAGS=-mod=mod timeout "$GO_BUILD_TIMEOUT" go build -trimpath -o "$WORK/interceptor" ./interceptor) >>"$WORK/logs/build-interceptor.log" 2>&1; then
-        mkdir -p "$(dirname "$INTERCEPTOR_BIN")" && mv "$WORK/interceptor" "$INTERCEPTOR_BIN"
-        why=$(echo "$first_err" | grep -o 'reading [^ ]*: [0-9][0-9][0-9] [A-Za-z ]*' | head -1)
-        echo "\`go install\` failed (${why:-see build log}: it reads the module's version list to check for deprecation), so built from the same tagged module source (\`go mod download\`, then \`go build ./interceptor\` with the module's own go.mod/go.sum, GOFLAGS=-mod=mod)" >"$(dirname "$INTERCEPTOR_BIN")/BUILD_NOTE"
-      else
-        skip interceptor "$first_err; building from module source also failed: $(tail -3 "$WORK/logs/build-interceptor.log" | tr '\n' ' ')"
-      fi
-    else
-      skip interceptor "$first_err"
-    fi
-  fi
+if want interceptor; then
+  go_build interceptor github.com/kedacore/http-add-on "$INTERCEPTOR_VERSION" interceptor "$INTERCEPTOR_BIN" || skip interceptor "$BUILD_ERR"
 fi
-[ -f "$(dirname "$INTERCEPTOR_BIN")/BUILD_NOTE" ] && INTERCEPTOR_BUILD_NOTE=$(cat "$(dirname "$INTERCEPTOR_BIN")/BUILD_NOTE")
+build_note() { cat "$(dirname "$1")/BUILD_NOTE" 2>/dev/null || echo "cached binary $1"; }
+QUEUE_BUILD_NOTE=$(build_note "$QUEUE_BIN")
+INTERCEPTOR_BUILD_NOTE=$(build_note "$INTERCEPTOR_BIN")
 
 if want inflight-proxy; then
   if [ "$BUILD_INFLIGHT" = 1 ] && [ -f "$ROOT/sidecar/Cargo.toml" ] && command -v cargo >/dev/null \
@@ -507,6 +509,7 @@ run_load() {
     [ -n "$line" ] || { R_ERR_MSG="wrk: $(tail -2 "$out" | tr '\n' ' ')"; return 1; }
     eval "$(echo "${line#RESULT }" | tr ' ' '\n' | sed 's/^/W_/')"
     R_REQ=$((W_requests - W_non2xx)); R_ERR=$((W_non2xx + W_errors))
+    [ "$R_REQ" -gt 0 ] || { R_ERR_MSG="wrk got no 2xx response: ${line#RESULT }"; return 1; }
     R_RPS=$(awk -v n="$R_REQ" -v us="$W_duration_us" 'BEGIN { printf "%.0f", n / (us / 1e6) }')
     R_P50=$W_p50_us; R_P99=$W_p99_us
     return 0
@@ -523,6 +526,7 @@ run_load() {
   done_=$(awk '/^requests:/ { print $6 }' "$out")
   [ -n "$fin" ] && [ -n "$s2xx" ] || { R_ERR_MSG="h2load: $(tail -3 "$out" | tr '\n' ' ')"; return 1; }
   R_REQ=$s2xx; R_ERR=$((done_ - s2xx))
+  [ "$R_REQ" -gt 0 ] || { R_ERR_MSG="h2load got no 2xx response: $(grep -E '^(requests|status codes|finished)' "$out" | tr '\n' ' ')"; return 1; }
   R_RPS=$(awk -v n="$s2xx" -v s="$fin" 'BEGIN { printf "%.0f", n / s }')
   read -r R_P50 R_P99 _ < <(python3 "$LIB/report.py" h2load-pct "$lf")
   rm -f "$lf"
@@ -537,7 +541,7 @@ record() { printf '%s\n' "$(IFS=$'\t'; echo "$*")" >>"$WORK/unit.tsv"; }
   echo "direct: the client talks to the app's ports."
   echo "inflight-proxy: \`$INFLIGHT_PROXY_BIN --listen 127.0.0.1:$IP_PORT --admin-listen 127.0.0.1:$IP_ADMIN --upstream 127.0.0.1:<app port>\` (no --aggregator: no reporting); for h2c runs the upstream is the app's h2c port; ready = admin /readyz 200."
   echo "nginx: its own nginx, worker_processes $N_SRV, listen 127.0.0.1:$NG_H1 and 127.0.0.1:$NG_H2 http2, \`proxy_pass http://app_h1\` with \`proxy_http_version 1.1\`, \`proxy_set_header Connection \"\"\`, upstream \`keepalive 1024\`; nginx's proxy module cannot speak h2c upstream, so its h2c runs are h2c in, HTTP/1.1 keep-alive out."
-  echo "queue-proxy: knative.dev/serving/cmd/queue@$QUEUE_VERSION (go install, GOFLAGS=-mod=mod), run with env $QP_ENV_DESC. No OBSERVABILITY_CONFIG, so Knative's defaults: request metrics and tracing off, no request log. CONTAINER_CONCURRENCY=0 (Knative's default) means no breaker/queue. It serves h1 and h2c on one port and forwards h2c requests with h2c (auto transport), so USER_PORT is the app's h2c port for h2c runs. Its main port binds all interfaces and it always opens :8022 (admin) and :9090 (autoscaler metrics) — hard-coded."
+  echo "queue-proxy: knative.dev/serving/cmd/queue@$QUEUE_VERSION ($QUEUE_BUILD_NOTE), run with env $QP_ENV_DESC. No OBSERVABILITY_CONFIG, so Knative's defaults: request metrics and tracing off, no request log. CONTAINER_CONCURRENCY=0 (Knative's default) means no breaker/queue. It serves h1 and h2c on one port and forwards h2c requests with h2c (auto transport), so USER_PORT is the app's h2c port for h2c runs. Its main port binds all interfaces and it always opens :8022 (admin) and :9090 (autoscaler metrics) — hard-coded."
   echo "interceptor: github.com/kedacore/http-add-on/interceptor@$INTERCEPTOR_VERSION ($INTERCEPTOR_BUILD_NOTE), env KUBECONFIG=<kubeconfig for http://127.0.0.1:$KAPI_PORT> KEDA_HTTP_PROXY_PORT=$KI_PORT KEDA_HTTP_ADMIN_PORT=$KI_ADMIN OTEL_PROM_EXPORTER_PORT=$KI_METRICS, everything else default. It has no static routing option: its routing table and endpoint-readiness cache come only from the Kubernetes API (InterceptorRoute, HTTPScaledObject, EndpointSlice, Service informers). bench/lib/fake-kube-api.py answers those LIST/WATCH reads from four static objects: InterceptorRoute \`1/app\` (host $H1_HOST → service \`127.0.0\` port $APP_H1), InterceptorRoute \`1/app-h2c\` (host $H2_HOST → port $APP_H2), Service \`1/127.0.0\` (port $APP_H2 has appProtocol kubernetes.io/h2c, which makes the interceptor use h2c upstream) and a ready EndpointSlice for it. The interceptor builds its upstream address as \`<service>.<namespace>:<port>\`, so service \`127.0.0\` in namespace \`1\` yields 127.0.0.1:<port> without DNS or /etc/hosts changes. The API stand-in is not on the request path (the interceptor serves from its informer caches). Clients send Host $H1_HOST (h1) / :authority $H2_HOST (h2c) to every target."
   echo "$PIN_DESC. Client threads: $CT. HWM reset before each measured run: see facts."
 } >"$WORK/setup.txt"
@@ -559,7 +563,7 @@ wait_quiet() {
 # run_unit ROUND PROTO TARGET ORDER: fresh start, warm-up, measured runs; records to unit.tsv.
 # Returns 1 when another process used more than DISTURBED_PCT % of the machine's CPU in a run.
 run_unit() {
-  local r=$1 proto=$2 t=$3 order=$4 m pids c0 c1 foreign ftop cpu hwm st disturbed=0
+  local r=$1 proto=$2 t=$3 order=$4 m pids c0 c1 foreign ftop cpu hwm st rc disturbed=0
   if ! start_target "$t" "$proto" "-r$r"; then
     log "round $r $proto $t: start failed: $T_ERR"
     tail -5 "$WORK/logs/$t-$proto-r$r.log" 2>/dev/null | sed 's/^/    /' >&2
@@ -573,11 +577,13 @@ run_unit() {
     [ -n "$T_PID" ] && reset_hwm "${pids[@]}"
     snap before
     c0=$(cpu_ticks "${pids[@]}")
-    if run_load "$m" "$proto" "$T_PORT" "$DURATION"; then
-      c1=$(cpu_ticks "${pids[@]}")
-      read -r foreign ftop < <(python3 "$LIB/cpu-others.py" diff "$WORK/cpu-before.json" "$WORK/cpu-after.json" $$)
-      awk -v f="$foreign" -v lim="$(awk -v d="$DURATION" -v n="$NPROC" -v p="$DISTURBED_PCT" 'BEGIN { print d * n * p / 100 }')" \
-        'BEGIN { exit !(f > lim) }' && disturbed=1
+    run_load "$m" "$proto" "$T_PORT" "$DURATION"; rc=$?
+    cp "$WORK/client.out" "$WORK/logs/client-r$r-$proto-$m-$t.out" 2>/dev/null
+    c1=$(cpu_ticks "${pids[@]}")
+    read -r foreign ftop < <(python3 "$LIB/cpu-others.py" diff "$WORK/cpu-before.json" "$WORK/cpu-after.json" $$)
+    awk -v f="$foreign" -v lim="$(awk -v d="$DURATION" -v n="$NPROC" -v p="$DISTURBED_PCT" 'BEGIN { print d * n * p / 100 }')" \
+      'BEGIN { exit !(f > lim) }' && disturbed=1
+    if [ "$rc" = 0 ]; then
       if [ -n "$T_PID" ]; then
         cpu=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz }'); hwm=$(hwm_kb "${pids[@]}")
       else cpu=-; hwm=-; fi
@@ -585,8 +591,8 @@ run_unit() {
       record "$r" "$proto" "$m" "$t" "$st" "$R_RPS" "$R_P50" "$R_P99" "$hwm" "$cpu" "$R_REQ" "$R_ERR" "$T_UP" "$order" "$foreign" "$ftop"
       log "round $r $proto $m $t: ${R_RPS} req/s p50 ${R_P50}us p99 ${R_P99}us hwm ${hwm}KiB cpu ${cpu}s errors $R_ERR (upstream: $T_UP) foreign cpu ${foreign}s ($ftop)"
     else
-      record "$r" "$proto" "$m" "$t" "client failed: $R_ERR_MSG" - - - - - - - - "$order" - -
-      log "round $r $proto $m $t: client failed: $R_ERR_MSG"
+      record "$r" "$proto" "$m" "$t" "client failed: $R_ERR_MSG" - - - - - - - - "$order" "$foreign" "$ftop"
+      log "round $r $proto $m $t: client failed: $R_ERR_MSG (foreign cpu ${foreign}s)"
     fi
   done
   stop_target
