@@ -3,7 +3,11 @@
 
 use std::error::Error;
 
-const PROTOS: &[&str] = &["externalscaler.proto", "inflight/v1/ingest.proto"];
+const PROTOS: &[&str] = &[
+    "externalscaler.proto",
+    "inflight/v1/ingest.proto",
+    "inflight/demo/v1/demo.proto",
+];
 
 fn main() -> Result<(), Box<dyn Error>> {
     for proto in PROTOS {

@@ -1,16 +1,33 @@
-//! An HTTP/1.1 + h2c app: `/` answers after the configured latency,
-//! `/sleep/MS` after MS milliseconds, `/status/N` with status N.
+//! An HTTP/1.1 + h2c + gRPC app on one port. HTTP: `/` answers after the
+//! configured latency, `/sleep/MS` after MS milliseconds, `/status/N` with
+//! status N, `/healthz` at once. Requests with `content-type:
+//! application/grpc*` go to the gRPC service `inflight.demo.v1.Demo`.
 
 use std::convert::Infallible;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use futures_util::Stream;
+use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use inflight_proto::demo::v1::demo_server::{Demo, DemoServer};
+use inflight_proto::demo::v1::{CountReply, CountRequest, EchoReply, EchoRequest};
 use tokio::net::TcpListener;
+use tonic::body::Body;
+use tower_service::Service;
+
+/// After the shutdown signal, requests still running get this long before the
+/// app exits anyway. Short: the app must be gone within a second of SIGTERM,
+/// and a `Count` stream or a `/sleep/60000` would otherwise hold it for as
+/// long as the client asked.
+pub const DRAIN: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy)]
 pub struct AppConfig {
@@ -19,31 +36,81 @@ pub struct AppConfig {
     pub jitter: Duration,
 }
 
-pub async fn serve(listen: SocketAddr, config: AppConfig) -> anyhow::Result<()> {
+/// Serves on `listen` until `shutdown` completes, then lets the requests in
+/// flight finish for up to [`DRAIN`] and returns.
+pub async fn serve(
+    listen: SocketAddr,
+    config: AppConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await?;
-    tracing::info!(%listen, latency = ?config.latency, "demo app serving");
+    let pod = pod_name();
+    // The bound address, not `listen`: with port 0 this line is how a caller
+    // learns the port.
+    println!(
+        "inflight-demo-app serving addr={} protocols=http1,h2c,grpc latency={} jitter={} pod={pod}",
+        listener.local_addr()?,
+        humantime::format_duration(config.latency),
+        humantime::format_duration(config.jitter),
+    );
+    let grpc = DemoServer::new(DemoService {
+        config,
+        pod: pod.into(),
+    });
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = pin!(shutdown);
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                continue;
-            }
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    eprintln!("inflight-demo-app: accept failed: {error}");
+                    // Out of file descriptors fails every accept at once;
+                    // pausing keeps that from spinning a core.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
         };
+        let grpc = grpc.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let service =
-                service_fn(move |r| async move { Ok::<_, Infallible>(answer(r, config).await) });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let service = service_fn(move |r| route(r, config, grpc.clone()));
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let _ = watcher.watch(connection).await;
         });
     }
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
+    Ok(())
+}
+
+async fn route(
+    request: Request<Incoming>,
+    config: AppConfig,
+    mut grpc: DemoServer<DemoService>,
+) -> Result<Response<Body>, Infallible> {
+    let is_grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !is_grpc {
+        return Ok(answer(request, config).await.map(Body::new));
+    }
+    poll_fn(|cx| Service::<Request<Incoming>>::poll_ready(&mut grpc, cx)).await?;
+    grpc.call(request).await
 }
 
 async fn answer(request: Request<Incoming>, config: AppConfig) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let (head, arg) = (parts.next().unwrap_or(""), parts.next());
+    if (head, arg) == ("healthz", None) {
+        // Probes measure whether the app is up, not how slow it pretends to be.
+        return Response::new(Full::new(Bytes::from_static(b"ok\n")));
+    }
     let (status, delay) = match (head, arg.and_then(|a| a.parse::<u64>().ok())) {
         ("sleep", Some(ms)) => (StatusCode::OK, Duration::from_millis(ms)),
         ("status", Some(code)) => (
@@ -61,6 +128,63 @@ async fn answer(request: Request<Incoming>, config: AppConfig) -> Response<Full<
     )));
     *response.status_mut() = status;
     response
+}
+
+#[derive(Debug, Clone)]
+struct DemoService {
+    config: AppConfig,
+    pod: Arc<str>,
+}
+
+#[tonic::async_trait]
+impl Demo for DemoService {
+    async fn echo(
+        &self,
+        request: tonic::Request<EchoRequest>,
+    ) -> Result<tonic::Response<EchoReply>, tonic::Status> {
+        let EchoRequest { message, delay_ms } = request.into_inner();
+        tokio::time::sleep(jittered(self.config) + Duration::from_millis(delay_ms.into())).await;
+        Ok(tonic::Response::new(EchoReply {
+            message,
+            pod: self.pod.to_string(),
+        }))
+    }
+
+    type CountStream = Pin<Box<dyn Stream<Item = Result<CountReply, tonic::Status>> + Send>>;
+
+    async fn count(
+        &self,
+        request: tonic::Request<CountRequest>,
+    ) -> Result<tonic::Response<Self::CountStream>, tonic::Status> {
+        let CountRequest { n, interval_ms } = request.into_inner();
+        let interval = Duration::from_millis(interval_ms.into());
+        // u64 so that `n = u32::MAX` ends instead of overflowing.
+        let replies = futures_util::stream::unfold(1u64, move |i| async move {
+            let i_u32 = u32::try_from(i).ok().filter(|i| *i <= n)?;
+            if i > 1 {
+                tokio::time::sleep(interval).await;
+            }
+            Some((Ok(CountReply { i: i_u32 }), i + 1))
+        });
+        Ok(tonic::Response::new(Box::pin(replies)))
+    }
+}
+
+/// `POD_NAME` (set from the downward API), else the kernel's hostname, which
+/// Kubernetes sets to the pod's name. Read from /proc because the image has
+/// no `hostname` binary and asking libc would take `unsafe`.
+fn pod_name() -> String {
+    let non_empty = |s: String| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+    std::env::var("POD_NAME")
+        .ok()
+        .and_then(non_empty)
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .and_then(non_empty)
+        })
+        .or_else(|| std::env::var("HOSTNAME").ok().and_then(non_empty))
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 fn jittered(config: AppConfig) -> Duration {

@@ -1,9 +1,10 @@
 //! The demo app (`serve`) and the demo load generator (`load`).
 //!
-//! `serve` answers every request after a configurable latency, so requests
-//! pile up in flight the way they do in a real service. `load` sends an
-//! open-loop schedule of request rates and prints, once a second, what the
-//! inflight-proxy in front of the app reports on its `/stats`.
+//! `serve` answers every HTTP request and gRPC call after a configurable
+//! latency, so requests pile up in flight the way they do in a real service.
+//! `load` sends an open-loop schedule of request rates and prints, once a
+//! second, what the inflight-proxy in front of the app reports on its
+//! `/stats`.
 
 pub mod app;
 pub mod load;

@@ -13,7 +13,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve HTTP/1.1 and h2c with a configurable latency.
+    /// Serve HTTP/1.1, h2c and gRPC on one port with a configurable latency;
+    /// exits on SIGTERM or Ctrl-C.
     Serve {
         #[arg(long, env = "DEMO_LISTEN", default_value = "0.0.0.0:8080")]
         listen: SocketAddr,
@@ -46,7 +47,10 @@ async fn main() -> anyhow::Result<()> {
             listen,
             latency,
             jitter,
-        } => app::serve(listen, app::AppConfig { latency, jitter }).await,
+        } => {
+            let config = app::AppConfig { latency, jitter };
+            app::serve(listen, config, shutdown_signal()).await
+        }
         Command::Load {
             target,
             admin,
@@ -55,6 +59,24 @@ async fn main() -> anyhow::Result<()> {
             let schedule =
                 load::parse_schedule(&schedule).map_err(|e| anyhow::anyhow!("--schedule: {e}"))?;
             load::run(target, admin, schedule).await
+        }
+    }
+}
+
+/// As PID 1 of a container the kernel ignores SIGTERM unless the process
+/// handles it, so without this the pod would wait out its grace period.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(error) => {
+            eprintln!("inflight-demo-app: cannot watch SIGTERM ({error}); only Ctrl-C stops it");
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

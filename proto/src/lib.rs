@@ -1,6 +1,7 @@
 //! The wire contracts of inflight, in one place: KEDA's external scaler
-//! protocol, inflight's report protocol, the latency buckets both ends of a
-//! report must agree on, and the names and ports of the design page.
+//! protocol, inflight's report protocol, the demo app's gRPC service, the
+//! latency buckets both ends of a report must agree on, and the names and
+//! ports of the design page.
 
 pub mod names;
 
@@ -14,6 +15,14 @@ pub mod externalscaler {
 #[allow(clippy::all, missing_debug_implementations, unused_qualifications)]
 pub mod v1 {
     tonic::include_proto!("inflight.v1");
+}
+
+/// The demo app's gRPC service (`inflight.demo.v1.Demo`).
+#[allow(clippy::all, missing_debug_implementations, unused_qualifications)]
+pub mod demo {
+    pub mod v1 {
+        tonic::include_proto!("inflight.demo.v1");
+    }
 }
 
 /// Upper bounds, in seconds, of the latency histogram buckets in a report,

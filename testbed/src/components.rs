@@ -1,0 +1,109 @@
+//! The third-party parts of the cluster, built from Go modules by `scripts/build-components.sh` and
+//! cached by version under `$INFLIGHT_CACHE/testbed/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::layout::cache_dir;
+use crate::Error;
+
+const VERSIONS: &str = include_str!("../versions.env");
+const BUILD_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-components.sh");
+
+/// A version from `versions.env`.
+pub fn version(key: &str) -> &'static str {
+    VERSIONS
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .map_or("unknown", |(_, v)| v.trim())
+}
+
+/// The components, their version key and the binaries each provides.
+const COMPONENTS: &[(&str, &str)] = &[
+    ("kubernetes", "KUBERNETES_VERSION"),
+    ("etcd", "ETCD_VERSION"),
+    ("coredns", "COREDNS_VERSION"),
+    ("keda", "KEDA_VERSION"),
+    ("pause", "KUBERNETES_VERSION"),
+];
+
+fn component_dir(component: &str) -> PathBuf {
+    let key = COMPONENTS
+        .iter()
+        .find(|(c, _)| *c == component)
+        .map_or("", |(_, k)| k);
+    cache_dir()
+        .join("testbed")
+        .join(format!("{component}-{}", version(key)))
+}
+
+/// Path of a built binary, e.g. `bin("kubernetes", "kube-apiserver")`.
+pub fn bin(component: &str, binary: &str) -> PathBuf {
+    component_dir(component).join("bin").join(binary)
+}
+
+/// KEDA's kustomize configuration (`config/` of its module: CRDs, RBAC, Deployments, APIService).
+pub fn keda_config() -> PathBuf {
+    component_dir("keda").join("config")
+}
+
+pub fn kubectl() -> PathBuf {
+    bin("kubernetes", "kubectl")
+}
+
+/// Components not built yet.
+pub fn missing() -> Vec<&'static str> {
+    COMPONENTS
+        .iter()
+        .map(|(c, _)| *c)
+        .filter(|c| !component_dir(c).join(".done").exists())
+        .collect()
+}
+
+/// Builds whatever is missing (all of it on a fresh machine: tens of minutes; progress goes to
+/// stderr). Returns at once when everything is cached.
+pub fn ensure_built() -> Result<(), Error> {
+    let missing = missing();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut args = vec!["packages"];
+    args.extend(missing);
+    run_build(&args)
+}
+
+/// Runs the build script for the named steps (`packages`, a component, or nothing for all).
+pub fn run_build(steps: &[&str]) -> Result<(), Error> {
+    let script = Path::new(BUILD_SCRIPT);
+    let status = Command::new("bash")
+        .arg(script)
+        .args(steps)
+        .env("INFLIGHT_CACHE", cache_dir())
+        .status()
+        .map_err(|e| Error::Spawn {
+            what: script.display().to_string(),
+            source: e,
+        })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Command {
+            command: format!("{} {}", script.display(), steps.join(" ")),
+            status: status.to_string(),
+            output: "see the lines above".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_read() {
+        assert!(version("KUBERNETES_VERSION").starts_with("v1.34."));
+        assert!(version("KEDA_VERSION").starts_with("v2."));
+        assert_eq!(version("NOPE"), "unknown");
+    }
+}

@@ -1,0 +1,136 @@
+//! The test-facing API: one cluster shared by every test of a run (and by several test binaries at
+//! once), and a namespace of its own for each test.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::Client;
+
+use crate::cluster::{self, existing, healthy, UpOptions};
+use crate::layout::{Layout, DEFAULT_NAME};
+use crate::Error;
+
+/// Label on every namespace a test makes, so a human can find (and delete) them.
+pub const TEST_LABEL: &str = "inflight.dev/test";
+
+/// A test's view of the shared test bed. Dropping it deletes the test's namespace (set
+/// `INFLIGHT_KEEP_NAMESPACES=1` to keep them for inspection).
+pub struct TestBed {
+    layout: Layout,
+    client: Client,
+    namespace: String,
+}
+
+impl std::fmt::Debug for TestBed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestBed")
+            .field("layout", &self.layout)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestBed {
+    /// Brings the shared bed up if it is not (named by `$INFLIGHT_TESTBED`, default `default`),
+    /// or reuses it, then creates a fresh namespace for the caller.
+    pub async fn shared() -> Result<Self, Error> {
+        let name = std::env::var("INFLIGHT_TESTBED").unwrap_or_else(|_| DEFAULT_NAME.to_owned());
+        let layout = tokio::task::spawn_blocking(move || ensure_up(&name))
+            .await
+            .map_err(|e| Error::Invalid(format!("test bed start-up panicked: {e}")))??;
+        let client = cluster::client(&layout).await?;
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let namespace = format!(
+            "t-{}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed),
+            fastrand_suffix()
+        );
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": namespace, "labels": {TEST_LABEL: "true"}}
+        }))
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+        Ok(Self {
+            layout,
+            client,
+            namespace,
+        })
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.layout.kubeconfig()
+    }
+    /// `kubectl` as the admin, in the test's namespace.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String, Error> {
+        let mut all = vec!["-n", self.namespace.as_str()];
+        all.extend_from_slice(args);
+        cluster::kubectl_run(&self.layout, &all)
+    }
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        if std::env::var_os("INFLIGHT_KEEP_NAMESPACES").is_some() {
+            return;
+        }
+        // Drop cannot await; a short-lived thread with its own runtime asks for the deletion (the
+        // API server finishes it in the background).
+        let layout = self.layout.clone();
+        let ns = self.namespace.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let client = cluster::client(&layout).await.ok()?;
+                Api::<Namespace>::all(client)
+                    .delete(&ns, &DeleteParams::background())
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+fn fastrand_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{:05x}", nanos & 0xfffff)
+}
+
+/// Starts the bed unless a healthy one runs. A lock per bed name makes concurrent callers (threads
+/// of one test binary, or several binaries) wait for the first one's `up` instead of racing it.
+fn ensure_up(name: &str) -> Result<Layout, Error> {
+    let path = Path::new("/run/lock").join(format!("inflight-testbed-{name}.lock"));
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    lock.lock().map_err(|e| Error::io(&path, e))?;
+    if let Some(layout) = existing(name) {
+        if healthy(&layout) {
+            return Ok(layout);
+        }
+    }
+    cluster::up(name, &UpOptions::default())
+}
