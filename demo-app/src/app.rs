@@ -53,9 +53,10 @@ pub async fn serve(
         humantime::format_duration(config.latency),
         humantime::format_duration(config.jitter),
     );
+    let pod: Arc<str> = pod.into();
     let grpc = DemoServer::new(DemoService {
         config,
-        pod: pod.into(),
+        pod: pod.clone(),
     });
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
@@ -74,9 +75,10 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let grpc = grpc.clone();
+        let pod = pod.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let service = service_fn(move |r| route(r, config, grpc.clone()));
+            let service = service_fn(move |r| route(r, config, pod.clone(), grpc.clone()));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             let _ = watcher.watch(connection).await;
@@ -90,6 +92,7 @@ pub async fn serve(
 async fn route(
     request: Request<Incoming>,
     config: AppConfig,
+    pod: Arc<str>,
     mut grpc: DemoServer<DemoService>,
 ) -> Result<Response<Body>, Infallible> {
     let is_grpc = request
@@ -97,13 +100,13 @@ async fn route(
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if !is_grpc {
-        return Ok(answer(request, config).await.map(Body::new));
+        return Ok(answer(request, config, &pod).await.map(Body::new));
     }
     poll_fn(|cx| Service::<Request<Incoming>>::poll_ready(&mut grpc, cx)).await?;
     grpc.call(request).await
 }
 
-async fn answer(request: Request<Incoming>, config: AppConfig) -> Response<Full<Bytes>> {
+async fn answer(request: Request<Incoming>, config: AppConfig, pod: &str) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let (head, arg) = (parts.next().unwrap_or(""), parts.next());
@@ -123,9 +126,10 @@ async fn answer(request: Request<Incoming>, config: AppConfig) -> Response<Full<
         _ => (StatusCode::OK, jittered(config)),
     };
     tokio::time::sleep(delay).await;
-    let mut response = Response::new(Full::new(Bytes::from_static(
-        b"hello from the inflight demo app\n",
-    )));
+    // The pod's name, so that a client behind a Service can tell which replica answered.
+    let mut response = Response::new(Full::new(Bytes::from(format!(
+        "hello from the inflight demo app on {pod}\n"
+    ))));
     *response.status_mut() = status;
     response
 }

@@ -1,4 +1,4 @@
-//! The demo app (`serve`) and the demo load generator (`load`).
+//! The demo app (`serve`), the demo load generator (`load`) and a one-shot client (`get`).
 //!
 //! `serve` answers every HTTP request and gRPC call after a configurable
 //! latency, so requests pile up in flight the way they do in a real service.
@@ -7,4 +7,5 @@
 //! `/stats`.
 
 pub mod app;
+pub mod get;
 pub mod load;

@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use inflight_demo_app::{app, load};
+use inflight_demo_app::{app, get, load};
 
 #[derive(Debug, Parser)]
 #[command(name = "inflight-demo-app", version, about)]
@@ -37,6 +37,14 @@ enum Command {
         #[arg(long, default_value = "20:5s,200:10s,50:5s,0:3s")]
         schedule: String,
     },
+    /// GET a URL (COUNT times) and print each status and body; fails unless every answer is 2xx.
+    Get {
+        url: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -60,6 +68,11 @@ async fn main() -> anyhow::Result<()> {
                 load::parse_schedule(&schedule).map_err(|e| anyhow::anyhow!("--schedule: {e}"))?;
             load::run(target, admin, schedule).await
         }
+        Command::Get {
+            url,
+            count,
+            timeout,
+        } => get::run(&url, count, timeout).await,
     }
 }
 

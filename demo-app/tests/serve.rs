@@ -121,7 +121,7 @@ async fn http_answers_after_the_latency_and_other_paths_work() {
     let started = Instant::now();
     let (status, body) = app.get("/").await;
     assert_eq!(status, 200);
-    assert_eq!(body, "hello from the inflight demo app\n");
+    assert_eq!(body, format!("hello from the inflight demo app on {POD}\n"));
     assert!(started.elapsed() >= Duration::from_millis(100));
 
     let started = Instant::now();

@@ -333,6 +333,7 @@ fn start(layout: &Layout, opts: &UpOptions) -> Result<(), Error> {
                 "--leader-elect=false",
             ],
         )?;
+        create_cgroups(layout)?;
         let kubelet_dir = dir.join("kubelet");
         spawn(
             layout,
@@ -449,10 +450,7 @@ async fn install_keda(layout: &Layout, client: &Client) -> Result<(), Error> {
     let kustomization = render(
         include_str!("../manifests/keda/kustomization.yaml"),
         &[
-            (
-                "KEDA_CONFIG",
-                components::keda_config().display().to_string(),
-            ),
+            ("KEDA_CONFIG", "keda-config".to_owned()),
             (
                 "KEDA_IMAGE_NAME",
                 images::keda_image()
@@ -470,6 +468,9 @@ async fn install_keda(layout: &Layout, client: &Client) -> Result<(), Error> {
         ],
     );
     configs::write(&overlay.join("kustomization.yaml"), &kustomization)?;
+    // kustomize loads bases only from below the overlay: a copy of KEDA's config goes there.
+    let copy = overlay.join("keda-config").display().to_string();
+    process::run("cp", &["-r", &components::keda_config().display().to_string(), &copy])?;
     let rendered = kubectl_run(
         layout,
         &[
@@ -820,6 +821,27 @@ fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
             }
         }
     }
+}
+
+/// The kubelet's `cgroupRoot` must exist in every v1 hierarchy before it starts.
+fn create_cgroups(layout: &Layout) -> Result<(), Error> {
+    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else { return Ok(()) };
+    for h in hierarchies.flatten() {
+        let base = h.path();
+        if !base.join("cgroup.procs").exists() {
+            continue;
+        }
+        let dir = base.join(layout.cgroup_root());
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        // A new cpuset has no CPUs or memory nodes until given its parent's.
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(parent) = fs::read_to_string(base.join(file)) {
+                let path = dir.join(file);
+                fs::write(&path, parent.trim()).map_err(|e| Error::io(&path, e))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn cgroup_pids(layout: &Layout) -> Vec<i32> {

@@ -128,6 +128,9 @@ state = "{state}"
   # Pod network namespaces live under the bed's state, so `down` finds every one of them.
   netns_mounts_under_state_dir = true
   enable_selinux = false
+  # Never ask for an oom_score_adj below containerd's own: lowering it needs CAP_SYS_RESOURCE, which
+  # a sandboxed host (CI runners, this one) may not grant, and runc then fails every pod sandbox.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"

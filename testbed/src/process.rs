@@ -38,8 +38,11 @@ pub fn spawn(layout: &Layout, daemon: &Daemon) -> Result<Recorded, Error> {
         .open(&log_path)
         .map_err(|e| Error::io(&log_path, e))?;
     let err = log.try_clone().map_err(|e| Error::io(&log_path, e))?;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &layout.netns()])
+    // nsenter, not `ip netns exec`: the latter also remounts /sys for the namespace, which hides
+    // /sys/fs/cgroup from the kubelet and runc.
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", layout.netns()))
+        .arg("--")
         .arg(&daemon.program)
         .args(&daemon.args)
         .stdin(Stdio::null())
@@ -53,7 +56,7 @@ pub fn spawn(layout: &Layout, daemon: &Daemon) -> Result<Recorded, Error> {
             source: e,
         })?;
     let pid = i32::try_from(child.id()).map_err(|_| Error::Invalid("pid out of range".into()))?;
-    // `ip netns exec` execs the program, so this PID is the daemon's. A thread reaps it, so a
+    // nsenter execs the program, so this PID is the daemon's. A thread reaps it, so a
     // daemon that dies while this process lives is gone, not a zombie that looks alive.
     std::thread::spawn(move || child.wait());
     let start = start_time(pid).ok_or_else(|| Error::Died {
