@@ -21,7 +21,11 @@ pub async fn run(url: &str, count: u32, timeout: Duration) -> anyhow::Result<()>
             .map_err(|e| anyhow::anyhow!("request {i} to {url}: {e:?}"))?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
-        println!("{} {}", status.as_u16(), String::from_utf8_lossy(&body).trim_end());
+        println!(
+            "{} {}",
+            status.as_u16(),
+            String::from_utf8_lossy(&body).trim_end()
+        );
         anyhow::ensure!(status.is_success(), "request {i} to {url}: status {status}");
     }
     Ok(())

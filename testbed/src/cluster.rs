@@ -470,7 +470,14 @@ async fn install_keda(layout: &Layout, client: &Client) -> Result<(), Error> {
     configs::write(&overlay.join("kustomization.yaml"), &kustomization)?;
     // kustomize loads bases only from below the overlay: a copy of KEDA's config goes there.
     let copy = overlay.join("keda-config").display().to_string();
-    process::run("cp", &["-r", &components::keda_config().display().to_string(), &copy])?;
+    process::run(
+        "cp",
+        &[
+            "-r",
+            &components::keda_config().display().to_string(),
+            &copy,
+        ],
+    )?;
     let rendered = kubectl_run(
         layout,
         &[
@@ -825,7 +832,9 @@ fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// The kubelet's `cgroupRoot` must exist in every v1 hierarchy before it starts.
 fn create_cgroups(layout: &Layout) -> Result<(), Error> {
-    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else { return Ok(()) };
+    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
+        return Ok(());
+    };
     for h in hierarchies.flatten() {
         let base = h.path();
         if !base.join("cgroup.procs").exists() {

@@ -14,7 +14,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, WatchEvent, WatchParams};
 
 async fn ready_pod_ips(pods: &Api<Pod>, app: &str) -> BTreeSet<String> {
-    let list = pods.list(&ListParams::default().labels(&format!("app={app}"))).await.unwrap();
+    let list = pods
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .unwrap();
     list.items
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
@@ -46,9 +49,13 @@ async fn slice_ips(slices: &Api<EndpointSlice>, svc: &str) -> BTreeSet<String> {
 #[ignore = "needs the test bed (root; see README: cargo test -- --ignored)"]
 async fn testbed_deployment_service_dns_from_another_pod() {
     let tb = TestBed::shared().await.unwrap();
-    let nodes = inflight_testbed::cluster::kubectl_run(tb.layout(), &["get", "nodes", "--no-headers"]).unwrap();
+    let nodes =
+        inflight_testbed::cluster::kubectl_run(tb.layout(), &["get", "nodes", "--no-headers"])
+            .unwrap();
     assert!(
-        nodes.lines().any(|l| l.split_whitespace().nth(1) == Some("Ready")),
+        nodes
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("Ready")),
         "no Ready node:\n{nodes}"
     );
 
@@ -100,8 +107,13 @@ async fn testbed_deployment_service_dns_from_another_pod() {
     let answers: Vec<&str> = logs.lines().collect();
     assert_eq!(answers.len(), 5, "{logs}");
     for line in answers {
-        let pod = line.strip_prefix("200 hello from the inflight demo app on ").unwrap_or_else(|| panic!("{line}"));
-        assert!(names.contains(pod), "answer from {pod}, not one of {names:?}");
+        let pod = line
+            .strip_prefix("200 hello from the inflight demo app on ")
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(
+            names.contains(pod),
+            "answer from {pod}, not one of {names:?}"
+        );
     }
 }
 
@@ -130,31 +142,46 @@ async fn testbed_deleted_pod_gets_sigterm_and_leaves_the_endpointslice() {
         (ips.len() == 2).then_some(ips)
     })
     .await;
-    eventually("both in the EndpointSlice", 60, || async { (slice_ips(&slices, "term").await == ips).then_some(()) }).await;
+    eventually("both in the EndpointSlice", 60, || async {
+        (slice_ips(&slices, "term").await == ips).then_some(())
+    })
+    .await;
 
     let victim = pods.get("term-a").await.unwrap();
     let victim_ip = victim.status.and_then(|s| s.pod_ip).unwrap();
     let version = victim.metadata.resource_version.unwrap();
     let mut events = pods
-        .watch(&WatchParams::default().fields("metadata.name=term-a"), &version)
+        .watch(
+            &WatchParams::default().fields("metadata.name=term-a"),
+            &version,
+        )
         .await
         .unwrap()
         .boxed();
     let started = Instant::now();
-    pods.delete("term-a", &DeleteParams::default()).await.unwrap();
+    pods.delete("term-a", &DeleteParams::default())
+        .await
+        .unwrap();
 
     // The kubelet publishes the container's end before the pod object goes: exit code 0 means the
     // app ended on its own after SIGTERM (SIGKILL at the end of the grace period would be 137).
     let mut exit_codes = Vec::new();
     let deadline = Duration::from_secs(u64::try_from(GRACE).unwrap() + 30);
     loop {
-        let event = tokio::time::timeout(deadline.saturating_sub(started.elapsed()), events.try_next())
-            .await
-            .expect("pod not gone within its grace period plus 30 s")
-            .unwrap();
+        let event = tokio::time::timeout(
+            deadline.saturating_sub(started.elapsed()),
+            events.try_next(),
+        )
+        .await
+        .expect("pod not gone within its grace period plus 30 s")
+        .unwrap();
         match event {
             Some(WatchEvent::Modified(p)) => {
-                for cs in p.status.and_then(|s| s.container_statuses).unwrap_or_default() {
+                for cs in p
+                    .status
+                    .and_then(|s| s.container_statuses)
+                    .unwrap_or_default()
+                {
                     if let Some(t) = cs.state.and_then(|s| s.terminated) {
                         exit_codes.push(t.exit_code);
                     }
@@ -171,7 +198,10 @@ async fn testbed_deleted_pod_gets_sigterm_and_leaves_the_endpointslice() {
         gone_after < Duration::from_secs(u64::try_from(GRACE).unwrap()),
         "pod took {gone_after:?}, its whole grace period: SIGTERM did not end it"
     );
-    assert!(exit_codes.contains(&0), "container exit codes seen: {exit_codes:?} (expected 0 after SIGTERM)");
+    assert!(
+        exit_codes.contains(&0),
+        "container exit codes seen: {exit_codes:?} (expected 0 after SIGTERM)"
+    );
 
     let left = eventually("the EndpointSlice to shrink to one address", 60, || async {
         let now = slice_ips(&slices, "term").await;

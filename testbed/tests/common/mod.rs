@@ -10,7 +10,10 @@ pub fn apply(tb: &TestBed, manifest: &serde_json::Value) {
     let path = std::env::temp_dir().join(format!(
         "inflight-test-{}-{}.json",
         tb.namespace(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
     ));
     std::fs::write(&path, manifest.to_string()).unwrap();
     let result = tb.kubectl(&["apply", "-f", &path.display().to_string()]);
@@ -29,7 +32,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < until, "timed out after {secs}s waiting for {what}");
+        assert!(
+            Instant::now() < until,
+            "timed out after {secs}s waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
