@@ -1,6 +1,8 @@
 //! The cluster does what a Kubernetes user expects: Deployments become ready pods, Services and DNS
 //! reach them from other pods, deleted pods get SIGTERM and leave the EndpointSlice.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -3,6 +3,8 @@
 //! scales a Deployment 0→1, the HPA takes it on through KEDA's external metrics API, and it goes
 //! back to 0 after the cooldown.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::HashMap;
