@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Every check CI runs: formatting, lints and the whole test suite.
-# Works on a fresh Debian machine with Rust (rustup) installed; installs
-# anything else it needs. Build output is kept under ~/.cache/inflight so a
-# second run is incremental.
+# Every check CI runs: formatting, lints, the unit and loopback tests, then the
+# tests on the test bed (a real Kubernetes cluster with real KEDA, built from Go
+# modules). Works on a fresh Debian machine with Rust (rustup) and Go installed,
+# as root; installs anything else it needs. Build output is kept under
+# ~/.cache/inflight so a second run is incremental and the cluster's parts are
+# built once per version.
+#
+#   INFLIGHT_SKIP_TESTBED=1 ./scripts/test.sh   skips the test bed part
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,5 +34,33 @@ cargo fmt --all --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo test"
+step "cargo test (unit and loopback tests)"
 cargo test --workspace --locked
+
+if [[ ${INFLIGHT_SKIP_TESTBED:-} == 1 ]]; then
+    step "test bed tests skipped (INFLIGHT_SKIP_TESTBED=1)"
+    exit 0
+fi
+if [[ $(id -u) != 0 ]]; then
+    echo "test.sh: the test bed needs root (network namespaces, cgroups, containerd); run as root or set INFLIGHT_SKIP_TESTBED=1" >&2
+    exit 1
+fi
+
+testbed="$CARGO_TARGET_DIR/debug/inflight-testbed"
+step "test bed: Kubernetes, etcd, CoreDNS, KEDA, pause (built once per version)"
+cargo build --locked -p inflight-testbed
+started=$SECONDS
+"$testbed" build
+echo "components ready in $((SECONDS - started))s"
+
+step "test bed: images of our binaries (rebuilt only when they changed)"
+cargo build --release --locked -p inflight-proxy -p inflight-demo-app
+"$testbed" images --bin-dir "$CARGO_TARGET_DIR/release"
+
+# A bed that was already up (a developer's) is reused and left up; one this run
+# starts is brought down at the end, whatever the outcome.
+if ! "$testbed" status | grep -q 'healthy: true'; then
+    trap '"$testbed" down || true' EXIT
+fi
+step "tests on the test bed (cargo test -- --ignored)"
+cargo test --workspace --locked -- --ignored

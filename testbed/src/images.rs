@@ -220,34 +220,43 @@ fn buildah(spec: &Spec, archive: &Path) -> Result<(), Error> {
     result
 }
 
+fn archive_names() -> impl Iterator<Item = &'static str> {
+    ["pause", "coredns", "keda"]
+        .into_iter()
+        .chain(OURS.iter().copied())
+}
+
+/// The keys of the archives as they are now: what a bed records when it imports them.
+fn archive_keys() -> String {
+    archive_names()
+        .map(|n| std::fs::read_to_string(archives().join(format!("{n}.key"))).unwrap_or_default())
+        .collect()
+}
+
+/// Whether an image was rebuilt since the bed imported its images.
+pub fn stale(layout: &Layout) -> bool {
+    std::fs::read_to_string(layout.dir().join("images.keys")).ok() != Some(archive_keys())
+}
+
 /// Imports every archive into the bed's containerd (namespace `k8s.io`, where the kubelet looks).
 pub fn import(layout: &Layout) -> Result<(), Error> {
     let dir = archives();
     let sock = layout.containerd_socket().display().to_string();
-    for spec_file in ["pause", "coredns", "keda"]
-        .iter()
-        .copied()
-        .chain(OURS.iter().copied())
-    {
-        let archive = dir.join(format!("{spec_file}.tar"));
+    let keys = archive_keys();
+    for name in archive_names() {
+        let archive = dir.join(format!("{name}.tar"));
         if !archive.exists() {
             return Err(Error::Invalid(format!(
                 "image archive {} is missing: run `inflight-testbed images` first",
                 archive.display()
             )));
         }
+        let archive = archive.display().to_string();
         run(
             "ctr",
-            &[
-                "-a",
-                &sock,
-                "-n",
-                "k8s.io",
-                "images",
-                "import",
-                &archive.display().to_string(),
-            ],
+            &["-a", &sock, "-n", "k8s.io", "images", "import", &archive],
         )?;
     }
-    Ok(())
+    let record = layout.dir().join("images.keys");
+    std::fs::write(&record, keys).map_err(|e| Error::io(&record, e))
 }

@@ -10,6 +10,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::Client;
 
 use crate::cluster::{self, existing, healthy, UpOptions};
+use crate::images;
 use crate::layout::{Layout, DEFAULT_NAME};
 use crate::Error;
 
@@ -129,6 +130,10 @@ fn ensure_up(name: &str) -> Result<Layout, Error> {
     lock.lock().map_err(|e| Error::io(&path, e))?;
     if let Some(layout) = existing(name) {
         if healthy(&layout) {
+            // Images rebuilt since (a new binary of ours): the running bed gets them too.
+            if images::stale(&layout) {
+                images::import(&layout)?;
+            }
             return Ok(layout);
         }
     }

@@ -15,13 +15,21 @@ const NAME: &str = "teardown";
 
 fn sh(program: &str, args: &[&str]) -> String {
     let out = Command::new(program).args(args).output().unwrap();
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn entries(dir: &str) -> BTreeSet<String> {
     fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -62,9 +70,17 @@ fn traces(state_dir: &Path, link: &str) -> Traces {
     Traces {
         processes,
         mounts,
-        netns: sh("ip", &["netns", "list"]).lines().any(|l| l.split_whitespace().next() == Some(&format!("inflight-{NAME}"))),
-        link: sh("ip", &["-o", "link", "show"]).lines().any(|l| l.contains(&format!(": {link}@")) || l.contains(&format!(": {link}:"))),
-        routes: sh("ip", &["route", "show"]).lines().filter(|l| l.contains(&format!("dev {link} "))).map(str::to_owned).collect(),
+        netns: sh("ip", &["netns", "list"])
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(&format!("inflight-{NAME}"))),
+        link: sh("ip", &["-o", "link", "show"])
+            .lines()
+            .any(|l| l.contains(&format!(": {link}@")) || l.contains(&format!(": {link}:"))),
+        routes: sh("ip", &["route", "show"])
+            .lines()
+            .filter(|l| l.contains(&format!("dev {link} ")))
+            .map(str::to_owned)
+            .collect(),
         cgroups,
         dir: state_dir.exists(),
     }
@@ -76,18 +92,43 @@ fn testbed_second_bed_side_by_side_and_down_leaves_nothing_behind() {
     let iptables_before = sh("iptables", &["-S"]);
     let nat_before = sh("iptables", &["-t", "nat", "-S"]);
     let shims_before = entries("/run/containerd/s");
-    let tmp_before: BTreeSet<String> = entries("/tmp").into_iter().filter(|e| e.contains("inflight")).collect();
+    let tmp_before: BTreeSet<String> = entries("/tmp")
+        .into_iter()
+        .filter(|e| e.contains("inflight"))
+        .collect();
 
-    let bed = cluster::up(NAME, &UpOptions { keda: false, keep_on_failure: false }).unwrap();
+    let bed = cluster::up(
+        NAME,
+        &UpOptions {
+            keda: false,
+            keep_on_failure: false,
+        },
+    )
+    .unwrap();
     let state_dir = layout::state_dir(NAME);
     let link = bed.host_link();
 
     // While it runs, every check sees it: the checks below can fail.
     let up = traces(&state_dir, &link);
-    assert!(up.processes.len() >= 7, "daemons and shims: {:?}", up.processes);
-    assert!(up.processes.iter().any(|p| p.contains("containerd-shim")), "a pod's shim: {:?}", up.processes);
-    assert!(up.mounts.iter().any(|m| m.contains("/netns/")), "a pod network namespace: {:?}", up.mounts);
-    assert!(up.netns && up.link && !up.routes.is_empty() && up.dir, "{up:?}");
+    assert!(
+        up.processes.len() >= 7,
+        "daemons and shims: {:?}",
+        up.processes
+    );
+    assert!(
+        up.processes.iter().any(|p| p.contains("containerd-shim")),
+        "a pod's shim: {:?}",
+        up.processes
+    );
+    assert!(
+        up.mounts.iter().any(|m| m.contains("/netns/")),
+        "a pod network namespace: {:?}",
+        up.mounts
+    );
+    assert!(
+        up.netns && up.link && !up.routes.is_empty() && up.dir,
+        "{up:?}"
+    );
     assert!(!up.cgroups.is_empty(), "{up:?}");
     // Side by side: the shared bed, if up, has its own index, link and node address.
     if let Some(shared) = cluster::existing(layout::DEFAULT_NAME) {
@@ -99,14 +140,42 @@ fn testbed_second_bed_side_by_side_and_down_leaves_nothing_behind() {
     assert!(left.is_empty(), "down reported leftovers: {left:?}");
 
     let after = traces(&state_dir, &link);
-    assert!(after.processes.is_empty(), "processes left: {:?}", after.processes);
+    assert!(
+        after.processes.is_empty(),
+        "processes left: {:?}",
+        after.processes
+    );
     assert!(after.mounts.is_empty(), "mounts left: {:?}", after.mounts);
-    assert!(after.cgroups.is_empty(), "cgroups left: {:?}", after.cgroups);
-    assert!(!after.netns && !after.link && after.routes.is_empty() && !after.dir, "{after:?}");
-    assert_eq!(sh("iptables", &["-S"]), iptables_before, "host filter rules changed");
-    assert_eq!(sh("iptables", &["-t", "nat", "-S"]), nat_before, "host nat rules changed");
-    let new_shims: Vec<_> = entries("/run/containerd/s").difference(&shims_before).cloned().collect();
-    assert!(new_shims.is_empty(), "shim sockets left in /run/containerd/s: {new_shims:?}");
-    let tmp_after: BTreeSet<String> = entries("/tmp").into_iter().filter(|e| e.contains("inflight")).collect();
+    assert!(
+        after.cgroups.is_empty(),
+        "cgroups left: {:?}",
+        after.cgroups
+    );
+    assert!(
+        !after.netns && !after.link && after.routes.is_empty() && !after.dir,
+        "{after:?}"
+    );
+    assert_eq!(
+        sh("iptables", &["-S"]),
+        iptables_before,
+        "host filter rules changed"
+    );
+    assert_eq!(
+        sh("iptables", &["-t", "nat", "-S"]),
+        nat_before,
+        "host nat rules changed"
+    );
+    let new_shims: Vec<_> = entries("/run/containerd/s")
+        .difference(&shims_before)
+        .cloned()
+        .collect();
+    assert!(
+        new_shims.is_empty(),
+        "shim sockets left in /run/containerd/s: {new_shims:?}"
+    );
+    let tmp_after: BTreeSet<String> = entries("/tmp")
+        .into_iter()
+        .filter(|e| e.contains("inflight"))
+        .collect();
     assert_eq!(tmp_after, tmp_before, "temporary files left");
 }
