@@ -41,21 +41,9 @@ if [[ ${INFLIGHT_SKIP_TESTBED:-} == 1 ]]; then
     step "test bed tests skipped (INFLIGHT_SKIP_TESTBED=1)"
     exit 0
 fi
-if [[ $(id -u) != 0 ]]; then
-    echo "test.sh: the test bed needs root (network namespaces, cgroups, containerd); run as root or set INFLIGHT_SKIP_TESTBED=1" >&2
-    exit 1
-fi
-
-testbed="$CARGO_TARGET_DIR/debug/inflight-testbed"
-step "test bed: Kubernetes, etcd, CoreDNS, KEDA, pause (built once per version)"
-cargo build --locked -p inflight-testbed
-started=$SECONDS
-"$testbed" build
-echo "components ready in $((SECONDS - started))s"
-
-step "test bed: images of our binaries (rebuilt only when they changed)"
-cargo build --release --locked -p inflight-proxy -p inflight-demo-app
-"$testbed" images --bin-dir "$CARGO_TARGET_DIR/release"
+# shellcheck source=lib/testbed.sh
+source scripts/lib/testbed.sh
+prepare_testbed
 
 # A bed that was already up (a developer's) is reused and left up; one this run
 # starts is brought down at the end, whatever the outcome.

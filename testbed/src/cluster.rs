@@ -54,10 +54,13 @@ fn say(msg: &str) {
     eprintln!("[testbed] {msg}");
 }
 
+pub(crate) const LOCK_DIR: &str = "/run/lock";
+
 /// Takes a lock that serialises `up` and `down` of every bed on this host (index allocation, and
 /// two test binaries asking for the same bed at once). Released when dropped.
 pub fn host_lock() -> Result<fs::File, Error> {
     fs::create_dir_all(STATE_ROOT).map_err(|e| Error::io(Path::new(STATE_ROOT), e))?;
+    fs::create_dir_all(LOCK_DIR).map_err(|e| Error::io(Path::new(LOCK_DIR), e))?;
     let path = Path::new("/run/lock/inflight-testbed.lock");
     let file = fs::OpenOptions::new()
         .create(true)
@@ -885,6 +888,35 @@ fn remove_cgroups(layout: &Layout) {
     }
 }
 
+/// Resident memory in KiB of the bed's own daemons, and of everything containerd runs for its pods
+/// (shims and containers).
+pub fn memory_kib(layout: &Layout) -> (u64, u64) {
+    let rss = |pid: i32| -> u64 {
+        fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    let daemons: Vec<i32> = process::recorded(layout)
+        .into_iter()
+        .filter(|(_, r)| process::alive(*r))
+        .map(|(_, r)| r.pid)
+        .collect();
+    let mut others = process::pids_mentioning(&layout.dir().display().to_string());
+    others.extend(cgroup_pids(layout));
+    others.sort_unstable();
+    others.dedup();
+    others.retain(|p| !daemons.contains(p));
+    (
+        daemons.iter().map(|p| rss(*p)).sum(),
+        others.iter().map(|p| rss(*p)).sum(),
+    )
+}
+
 /// What `status` reports: one line per daemon and the node's readiness.
 pub fn status(name: &str) -> Result<String, Error> {
     let Some(layout) = existing(name) else {
@@ -912,6 +944,13 @@ pub fn status(name: &str) -> Result<String, Error> {
         "up did not finish"
     };
     out.push_str(&format!("  {ready}; healthy: {}\n", healthy(&layout)));
+    let (daemons, pods) = memory_kib(&layout);
+    out.push_str(&format!(
+        "  memory (RSS): {:.0} MiB = cluster processes {:.0} MiB + containers and shims {:.0} MiB\n",
+        (daemons + pods) as f64 / 1024.0,
+        daemons as f64 / 1024.0,
+        pods as f64 / 1024.0
+    ));
     if let Ok(nodes) = kubectl_run(
         &layout,
         &["get", "nodes", "-o", "wide", "--request-timeout=5s"],

@@ -120,7 +120,9 @@ fn fastrand_suffix() -> String {
 /// Starts the bed unless a healthy one runs. A lock per bed name makes concurrent callers (threads
 /// of one test binary, or several binaries) wait for the first one's `up` instead of racing it.
 fn ensure_up(name: &str) -> Result<Layout, Error> {
-    let path = Path::new("/run/lock").join(format!("inflight-testbed-{name}.lock"));
+    fs::create_dir_all(cluster::LOCK_DIR)
+        .map_err(|e| Error::io(Path::new(cluster::LOCK_DIR), e))?;
+    let path = Path::new(cluster::LOCK_DIR).join(format!("inflight-testbed-{name}.lock"));
     let lock = fs::OpenOptions::new()
         .create(true)
         .truncate(false)

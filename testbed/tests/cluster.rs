@@ -75,6 +75,19 @@ async fn testbed_deployment_service_dns_from_another_pod() {
     })
     .await;
 
+    // kube-proxy programs the ClusterIP shortly after the EndpointSlice changes (until then it
+    // rejects): wait for that from the host, which routes the Service range into the bed.
+    let cluster_ip = tb
+        .kubectl(&["get", "service", "demo", "-o", "jsonpath={.spec.clusterIP}"])
+        .unwrap();
+    eventually("kube-proxy to route the ClusterIP", 60, || async {
+        tokio::net::TcpStream::connect((cluster_ip.as_str(), 80))
+            .await
+            .ok()
+            .map(drop)
+    })
+    .await;
+
     // Another pod calls the Service by its DNS name: CoreDNS, kube-proxy's ClusterIP rules and the
     // pod network all have to work for this.
     let url = format!("http://demo.{}.svc.cluster.local/", tb.namespace());

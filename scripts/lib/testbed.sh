@@ -1,0 +1,20 @@
+# Sourced by test.sh and demo.sh: gets the test bed's parts ready.
+#   prepare_testbed   builds the CLI, the cluster's components (once per version) and the images
+#                     of our binaries (only those that changed); sets $testbed to the CLI's path.
+
+prepare_testbed() {
+    if [[ $(id -u) != 0 ]]; then
+        echo "the test bed needs root (network namespaces, cgroups, containerd)" >&2
+        return 1
+    fi
+    testbed="$CARGO_TARGET_DIR/debug/inflight-testbed"
+    step "test bed: Kubernetes, etcd, CoreDNS, KEDA, pause (built once per version)"
+    cargo build --locked -p inflight-testbed
+    local started=$SECONDS
+    "$testbed" build
+    echo "components ready in $((SECONDS - started))s"
+
+    step "test bed: images of our binaries (rebuilt only when they changed)"
+    cargo build --release --locked -p inflight-proxy -p inflight-demo-app
+    "$testbed" images --bin-dir "$CARGO_TARGET_DIR/release"
+}
