@@ -9,17 +9,23 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod api;
+mod cgroups;
 pub mod cluster;
 pub mod components;
 pub mod configs;
+mod daemons;
 pub mod dns;
 pub mod images;
+mod keda;
 pub mod layout;
+mod mounts;
 pub mod network;
 pub mod pki;
 pub mod process;
 mod testbed;
 
+pub use api::{client, kubectl_run};
 pub use cluster::{down, status, up, UpOptions};
 pub use layout::Layout;
 pub use testbed::TestBed;

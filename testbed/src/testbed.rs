@@ -42,7 +42,7 @@ impl TestBed {
         let layout = tokio::task::spawn_blocking(move || ensure_up(&name))
             .await
             .map_err(|e| Error::Invalid(format!("test bed start-up panicked: {e}")))??;
-        let client = cluster::client(&layout).await?;
+        let client = crate::api::client(&layout).await?;
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let namespace = format!(
             "t-{}-{}-{}",
@@ -80,7 +80,7 @@ impl TestBed {
     pub fn kubectl(&self, args: &[&str]) -> Result<String, Error> {
         let mut all = vec!["-n", self.namespace.as_str()];
         all.extend_from_slice(args);
-        cluster::kubectl_run(&self.layout, &all)
+        crate::api::kubectl_run(&self.layout, &all)
     }
 }
 
@@ -99,7 +99,7 @@ impl Drop for TestBed {
                 .build()
                 .ok()?;
             rt.block_on(async {
-                let client = cluster::client(&layout).await.ok()?;
+                let client = crate::api::client(&layout).await.ok()?;
                 Api::<Namespace>::all(client)
                     .delete(&ns, &DeleteParams::background())
                     .await

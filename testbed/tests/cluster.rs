@@ -52,8 +52,7 @@ async fn slice_ips(slices: &Api<EndpointSlice>, svc: &str) -> BTreeSet<String> {
 async fn testbed_deployment_service_dns_from_another_pod() {
     let tb = TestBed::shared().await.unwrap();
     let nodes =
-        inflight_testbed::cluster::kubectl_run(tb.layout(), &["get", "nodes", "--no-headers"])
-            .unwrap();
+        inflight_testbed::kubectl_run(tb.layout(), &["get", "nodes", "--no-headers"]).unwrap();
     assert!(
         nodes
             .lines()
