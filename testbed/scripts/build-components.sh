@@ -61,8 +61,9 @@ kubernetes() {
 		echo "module inflight.dev/testbed/kubernetes"
 		echo "go 1.24.0"
 		echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
-		curl -fsS "${GOPROXY_URL:-https://proxy.golang.org}/k8s.io/kubernetes/@v/$KUBERNETES_VERSION.mod" |
-			awk -v v="$staging" '/=> \.\/staging\/src\// { print "replace " $1 " => " $1 " " v }'
+		# The module's own go.mod, through whatever GOPROXY says.
+		awk -v v="$staging" '/=> \.\/staging\/src\// { print "replace " $1 " => " $1 " " v }' \
+			"$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
 	} >"$dir/src/go.mod" || {
 		echo "FAILED: could not read k8s.io/kubernetes@$KUBERNETES_VERSION's go.mod from the module proxy" >&2
 		exit 1
