@@ -38,16 +38,16 @@ impl Default for UpOptions {
     }
 }
 
-/// Order in which `down` stops the daemons: first what makes or runs pods, the store last.
-const STOP_ORDER: &[&str] = &[
+/// What `down` stops first: everything that makes, schedules or runs pods, so nothing restarts a
+/// container while they are killed.
+const POD_MAKERS: &[&str] = &[
     "kube-controller-manager",
     "kube-scheduler",
     "kube-proxy",
     "kubelet",
-    "containerd",
-    "kube-apiserver",
-    "etcd",
 ];
+/// Then, once the containers are gone: the runtime, the API server and last the store.
+const RUNTIME_AND_STORE: &[&str] = &["containerd", "kube-apiserver", "etcd"];
 
 fn say(msg: &str) {
     eprintln!("[testbed] {msg}");
@@ -60,14 +60,14 @@ pub(crate) const LOCK_DIR: &str = "/run/lock";
 pub fn host_lock() -> Result<fs::File, Error> {
     fs::create_dir_all(STATE_ROOT).map_err(|e| Error::io(Path::new(STATE_ROOT), e))?;
     fs::create_dir_all(LOCK_DIR).map_err(|e| Error::io(Path::new(LOCK_DIR), e))?;
-    let path = Path::new("/run/lock/inflight-testbed.lock");
+    let path = Path::new(LOCK_DIR).join("inflight-testbed.lock");
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    file.lock().map_err(|e| Error::io(path, e))?;
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    file.lock().map_err(|e| Error::io(&path, e))?;
     Ok(file)
 }
 
@@ -104,7 +104,7 @@ fn allocate_index(name: &str) -> Result<u8, Error> {
 pub fn healthy(layout: &Layout) -> bool {
     let daemons = process::recorded(layout);
     layout.dir().join("ready").exists()
-        && daemons.len() == STOP_ORDER.len()
+        && daemons.len() == POD_MAKERS.len() + RUNTIME_AND_STORE.len()
         && daemons.iter().all(|(_, r)| process::alive(*r))
 }
 
@@ -354,7 +354,7 @@ pub fn down(name: &str) -> Result<Vec<String>, Error> {
 fn teardown(layout: &Layout) {
     let daemons = process::recorded(layout);
     let find = |n: &str| daemons.iter().find(|(name, _)| name == n).map(|(_, r)| *r);
-    for name in &STOP_ORDER[..4] {
+    for name in POD_MAKERS {
         if let Some(r) = find(name) {
             process::stop(r, Duration::from_secs(10));
         }
@@ -376,7 +376,7 @@ fn teardown(layout: &Layout) {
             }
         }
     }
-    for name in &STOP_ORDER[4..] {
+    for name in RUNTIME_AND_STORE {
         if let Some(r) = find(name) {
             process::stop(r, Duration::from_secs(10));
         }

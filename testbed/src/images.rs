@@ -27,8 +27,11 @@ pub fn coredns_image() -> String {
     format!("{REGISTRY}/coredns:{}", version("COREDNS_VERSION"))
 }
 
+/// KEDA's one image: both binaries, the operator as entrypoint, the adapter by `command`.
+pub const KEDA_IMAGE_NAME: &str = "inflight.local/keda";
+
 pub fn keda_image() -> String {
-    format!("{REGISTRY}/keda:{}", version("KEDA_VERSION"))
+    format!("{KEDA_IMAGE_NAME}:{}", version("KEDA_VERSION"))
 }
 
 /// Our binaries that get an image, by binary name.

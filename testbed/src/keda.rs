@@ -42,12 +42,7 @@ pub(crate) async fn install(layout: &Layout, client: &Client) -> Result<(), Erro
         include_str!("../manifests/keda/kustomization.yaml"),
         &[
             ("KEDA_CONFIG", "keda-config".to_owned()),
-            (
-                "KEDA_IMAGE_NAME",
-                images::keda_image()
-                    .rsplit_once(':')
-                    .map_or(String::new(), |(n, _)| n.to_owned()),
-            ),
+            ("KEDA_IMAGE_NAME", images::KEDA_IMAGE_NAME.to_owned()),
             (
                 "KEDA_IMAGE_TAG",
                 components::version("KEDA_VERSION").to_owned(),
