@@ -53,22 +53,26 @@ fn say(msg: &str) {
     eprintln!("[testbed] {msg}");
 }
 
-pub(crate) const LOCK_DIR: &str = "/run/lock";
-
-/// Takes a lock that serialises `up` and `down` of every bed on this host (index allocation, and
-/// two test binaries asking for the same bed at once). Released when dropped.
-pub fn host_lock() -> Result<fs::File, Error> {
-    fs::create_dir_all(STATE_ROOT).map_err(|e| Error::io(Path::new(STATE_ROOT), e))?;
-    fs::create_dir_all(LOCK_DIR).map_err(|e| Error::io(Path::new(LOCK_DIR), e))?;
-    let path = Path::new(LOCK_DIR).join("inflight-testbed.lock");
-    let file = fs::OpenOptions::new()
+/// Takes an exclusive lock on `/run/lock/<file>` (created if need be); released when dropped.
+pub(crate) fn lock(file: &str) -> Result<fs::File, Error> {
+    let dir = Path::new("/run/lock");
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let path = dir.join(file);
+    let lock = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
-    file.lock().map_err(|e| Error::io(&path, e))?;
-    Ok(file)
+    lock.lock().map_err(|e| Error::io(&path, e))?;
+    Ok(lock)
+}
+
+/// Serialises `up` and `down` of every bed on this host (index allocation, and two test binaries
+/// asking for the same bed at once).
+pub fn host_lock() -> Result<fs::File, Error> {
+    fs::create_dir_all(STATE_ROOT).map_err(|e| Error::io(Path::new(STATE_ROOT), e))?;
+    lock("inflight-testbed.lock")
 }
 
 /// The layout of an existing bed (its index is recorded in its state directory).

@@ -1,8 +1,7 @@
 //! The test-facing API: one cluster shared by every test of a run (and by several test binaries at
 //! once), and a namespace of its own for each test.
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -120,16 +119,7 @@ fn fastrand_suffix() -> String {
 /// Starts the bed unless a healthy one runs. A lock per bed name makes concurrent callers (threads
 /// of one test binary, or several binaries) wait for the first one's `up` instead of racing it.
 fn ensure_up(name: &str) -> Result<Layout, Error> {
-    fs::create_dir_all(cluster::LOCK_DIR)
-        .map_err(|e| Error::io(Path::new(cluster::LOCK_DIR), e))?;
-    let path = Path::new(cluster::LOCK_DIR).join(format!("inflight-testbed-{name}.lock"));
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    lock.lock().map_err(|e| Error::io(&path, e))?;
+    let _lock = cluster::lock(&format!("inflight-testbed-{name}.lock"))?;
     if let Some(layout) = existing(name) {
         if healthy(&layout) {
             // Images rebuilt since (a new binary of ours): the running bed gets them too.
