@@ -32,7 +32,7 @@ run() {
 
 packages() {
 	local need=()
-	for p in containerd runc containernetworking-plugins buildah iptables iproute2 conntrack gcc libc6-dev; do
+	for p in containerd runc containernetworking-plugins buildah iptables iproute2 conntrack procps util-linux gcc libc6-dev; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || need+=("$p")
 	done
 	if ((${#need[@]})); then
