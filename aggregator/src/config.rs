@@ -1,0 +1,50 @@
+//! Command line, each flag with an environment twin.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// inflight's aggregator: takes the sidecars' and activators' reports, keeps sliding windows per
+/// workload and answers KEDA as its external scaler.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "inflight-aggregator", version)]
+pub struct Config {
+    /// gRPC: KEDA's `externalscaler.ExternalScaler` and inflight's `Ingest`.
+    #[arg(long, env = "INFLIGHT_GRPC_LISTEN", default_value = "0.0.0.0:9090")]
+    pub grpc_listen: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    #[arg(long, env = "INFLIGHT_ADMIN_LISTEN", default_value = "0.0.0.0:15093")]
+    pub admin_listen: SocketAddr,
+    /// The stable window (concurrency), Knative's default.
+    #[arg(long, env = "INFLIGHT_STABLE_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub stable_window: Duration,
+    /// The burst window: when it reads at least twice the stable one, its value is answered.
+    #[arg(long, env = "INFLIGHT_BURST_WINDOW", default_value = "6s", value_parser = humantime::parse_duration)]
+    pub burst_window: Duration,
+    /// The longest `window` a trigger may ask for; each workload keeps this many seconds.
+    #[arg(long, env = "INFLIGHT_MAX_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub max_window: Duration,
+    /// How often `StreamIsActive` repeats an unchanged answer.
+    #[arg(long, env = "INFLIGHT_STREAM_KEEPALIVE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub stream_keepalive: Duration,
+}
+
+impl Config {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.burst_window.is_zero() || self.burst_window > self.stable_window {
+            return Err(format!(
+                "--burst-window {:?} must be above 0 and at most --stable-window {:?}",
+                self.burst_window, self.stable_window
+            ));
+        }
+        if self.stable_window > self.max_window {
+            return Err(format!(
+                "--stable-window {:?} exceeds --max-window {:?}",
+                self.stable_window, self.max_window
+            ));
+        }
+        Ok(())
+    }
+}

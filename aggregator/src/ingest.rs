@@ -1,0 +1,58 @@
+//! `inflight.v1.Ingest/Report`: the long-lived streams of sidecars and activators. A report that
+//! contradicts itself ends its stream with `INVALID_ARGUMENT` naming the reason, after everything
+//! before it was taken; it changes nothing itself.
+
+use std::sync::Arc;
+
+use inflight_proto::v1::ingest_server::Ingest;
+use inflight_proto::v1::{ReportRequest, ReportSummary};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::metrics::Metrics;
+use crate::now_ms;
+use crate::registry::Registry;
+
+#[derive(Debug, Clone)]
+pub struct IngestService {
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Keeps the connected-streams gauge right however the stream ends.
+struct Connected<'a>(&'a Metrics);
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.streams.dec();
+    }
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    async fn report(
+        &self,
+        request: Request<Streaming<ReportRequest>>,
+    ) -> Result<Response<ReportSummary>, Status> {
+        let mut stream = request.into_inner();
+        self.metrics.streams.inc();
+        let _connected = Connected(&self.metrics);
+        let mut accepted = 0u64;
+        while let Some(report) = stream.message().await? {
+            match self.registry.apply(&report, now_ms()) {
+                Ok(()) => {
+                    accepted += 1;
+                    self.metrics.reports.inc();
+                }
+                Err(rejection) => {
+                    self.metrics.rejected(rejection.reason());
+                    tracing::warn!(reason = rejection.reason(), %rejection, "report rejected");
+                    return Err(Status::invalid_argument(format!(
+                        "report rejected ({}): {rejection}; {accepted} earlier reports of this stream were taken",
+                        rejection.reason()
+                    )));
+                }
+            }
+        }
+        Ok(Response::new(ReportSummary { accepted }))
+    }
+}

@@ -1,0 +1,98 @@
+//! inflight's aggregator: the sidecars' and activators' reports in, KEDA's external scaler out.
+//!
+//! - [`window`]: the per-second ring and the windows maths of the design page;
+//! - [`registry`]: every workload's figures, pods and activity;
+//! - [`validate`]: what makes a report contradict itself;
+//! - [`ingest`]: the `Ingest` report streams;
+//! - [`scaler`]: KEDA's `ExternalScaler`, with the trigger metadata it understands;
+//! - [`metrics`], [`admin`]: its own figures.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use inflight_proto::externalscaler::external_scaler_server::ExternalScalerServer;
+use inflight_proto::v1::ingest_server::IngestServer;
+use tokio::net::TcpListener;
+
+pub mod admin;
+pub mod config;
+pub mod ingest;
+pub mod metrics;
+pub mod registry;
+pub mod scaler;
+pub mod validate;
+pub mod window;
+
+pub use config::Config;
+
+/// Wall-clock Unix milliseconds: reports carry wall-clock intervals.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Serves until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let registry = Arc::new(registry::Registry::new(registry::Settings {
+        stable_ms: millis(config.stable_window),
+        burst_ms: millis(config.burst_window),
+        max_window_ms: millis(config.max_window),
+        started_ms: now_ms(),
+    }));
+    let mut prometheus = prometheus_client::registry::Registry::with_prefix("inflight");
+    let metrics = metrics::Metrics::new(&mut prometheus, registry.clone());
+
+    let grpc = TcpListener::bind(config.grpc_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("--grpc-listen {}: {e}", config.grpc_listen))?;
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("--admin-listen {}: {e}", config.admin_listen))?;
+    tracing::info!(grpc = %grpc.local_addr()?, admin = %admin.local_addr()?, "inflight-aggregator serving");
+    tokio::spawn(admin::serve(admin, Arc::new(prometheus)));
+
+    let sweeper = {
+        let (registry, metrics) = (registry.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let dropped = registry.sweep(now_ms());
+                metrics
+                    .expired_pods
+                    .inc_by(u64::try_from(dropped).unwrap_or(0));
+            }
+        })
+    };
+
+    let ingest = ingest::IngestService {
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+    };
+    let scaler = scaler::ScalerService {
+        registry,
+        metrics,
+        max_window: config.max_window,
+        keepalive: config.stream_keepalive,
+    };
+    let served = tonic::transport::Server::builder()
+        .add_service(IngestServer::new(ingest))
+        .add_service(ExternalScalerServer::new(scaler))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc),
+            shutdown,
+        )
+        .await;
+    sweeper.abort();
+    served.map_err(|e| anyhow::anyhow!("gRPC server: {e}"))
+}

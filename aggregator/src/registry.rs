@@ -1,0 +1,580 @@
+//! Every workload's figures: its ring of per-second buckets, the pods and activators reporting for
+//! it, and when a request was last seen. Reports go in through [`Registry::apply`]; the scaler reads
+//! [`Registry::value`] and [`Registry::is_active`]; [`Registry::sweep`] drops pods that stopped
+//! reporting.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, RwLock};
+
+use inflight_proto::v1::{
+    report_request, HeldReport, PodIdentity, PodReport, ReportRequest, WorkloadRef,
+};
+use tokio::sync::watch;
+
+use crate::validate::{self, Rejection};
+use crate::window::{with_burst, Ring, Sample};
+
+/// A workload: namespace, lower-case kind (`deployment`, `statefulset`…) and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkloadKey {
+    pub namespace: String,
+    pub kind: String,
+    pub name: String,
+}
+
+impl WorkloadKey {
+    pub fn new(namespace: &str, kind: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            kind: kind.to_ascii_lowercase(),
+            name: name.to_owned(),
+        }
+    }
+
+    pub(crate) fn from_ref(w: &WorkloadRef) -> Self {
+        Self::new(&w.namespace, &w.kind, &w.name)
+    }
+}
+
+impl fmt::Display for WorkloadKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.kind, self.name)
+    }
+}
+
+/// Window lengths and the moment this aggregator started observing.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub stable_ms: i64,
+    pub burst_ms: i64,
+    /// The longest window a scaler may ask for (the ring's length).
+    pub max_window_ms: i64,
+    /// Unix ms when this process started: windows are averaged over what was observed since, and
+    /// nothing that has members is called inactive before a whole scale-to-zero delay has passed.
+    pub started_ms: i64,
+}
+
+/// What the scaler can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    Concurrency,
+    RequestRate,
+}
+
+/// A pod missing this many of its report intervals is dropped.
+pub const MISSED_INTERVALS: i64 = 3;
+
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    /// When its latest report arrived (local clock).
+    seen_ms: i64,
+    interval_ms: u32,
+    /// In flight (pods) or held (activators) at its latest report.
+    now: u32,
+}
+
+#[derive(Debug)]
+struct Workload {
+    ring: Ring,
+    pods: HashMap<String, Member>,
+    activators: HashMap<String, Member>,
+    /// End of the latest interval in which a request arrived or was in flight.
+    last_request_ms: Option<i64>,
+    /// The longest report interval of its members: how far behind "now" the figures are complete.
+    lag_ms: i64,
+    /// Whether anything is in flight or held right now; watchers hear each change.
+    busy: watch::Sender<bool>,
+}
+
+impl Workload {
+    fn new(ring_seconds: u32) -> Self {
+        Self {
+            ring: Ring::new(ring_seconds),
+            pods: HashMap::new(),
+            activators: HashMap::new(),
+            last_request_ms: None,
+            lag_ms: 1000,
+            busy: watch::Sender::new(false),
+        }
+    }
+
+    fn refresh_busy(&self) {
+        let busy = self
+            .pods
+            .values()
+            .chain(self.activators.values())
+            .any(|m| m.now > 0);
+        self.busy
+            .send_if_modified(|b| std::mem::replace(b, busy) != busy);
+    }
+
+    fn saw_requests(&mut self, end_ms: i64) {
+        self.last_request_ms = Some(self.last_request_ms.map_or(end_ms, |t| t.max(end_ms)));
+    }
+}
+
+/// Counts of what the registry holds, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Census {
+    pub workloads: usize,
+    pub pods: usize,
+    pub activators: usize,
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    settings: Settings,
+    ring_seconds: u32,
+    workloads: RwLock<HashMap<WorkloadKey, Arc<Mutex<Workload>>>>,
+    /// (namespace, pod) → its workload: a pod that claims a second workload is refused.
+    pods: Mutex<HashMap<(String, String), WorkloadKey>>,
+}
+
+impl Registry {
+    pub fn new(settings: Settings) -> Self {
+        let ring_seconds =
+            u32::try_from(settings.max_window_ms.div_euclid(1000)).unwrap_or(u32::MAX);
+        Self {
+            settings,
+            ring_seconds,
+            workloads: RwLock::default(),
+            pods: Mutex::default(),
+        }
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    fn workload(&self, key: &WorkloadKey) -> Arc<Mutex<Workload>> {
+        if let Some(w) = read(&self.workloads).get(key) {
+            return w.clone();
+        }
+        write(&self.workloads)
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(Workload::new(self.ring_seconds))))
+            .clone()
+    }
+
+    fn existing(&self, key: &WorkloadKey) -> Option<Arc<Mutex<Workload>>> {
+        read(&self.workloads).get(key).cloned()
+    }
+
+    /// Folds one report in, or refuses it without changing anything.
+    pub fn apply(&self, report: &ReportRequest, now_ms: i64) -> Result<(), Rejection> {
+        match &report.report {
+            Some(report_request::Report::Pod(p)) => self.apply_pod(p, now_ms),
+            Some(report_request::Report::Held(h)) => self.apply_held(h, now_ms),
+            None => Err(Rejection::Empty),
+        }
+    }
+
+    fn apply_pod(&self, report: &PodReport, now_ms: i64) -> Result<(), Rejection> {
+        let (pod, key, interval) = validate::pod_report(report, now_ms)?;
+        self.claim(pod, &key)?;
+        let workload = self.workload(&key);
+        let mut w = lock(&workload);
+        let end_ms = interval.start_unix_ms + i64::from(interval.length_ms);
+        #[allow(clippy::cast_precision_loss)]
+        let requests = report.requests as f64;
+        w.ring.add(
+            Sample {
+                start_ms: interval.start_unix_ms,
+                length_ms: interval.length_ms,
+                concurrency: report.avg_concurrency,
+                held: 0.0,
+                requests,
+            },
+            now_ms,
+        );
+        if report.requests > 0 || report.in_flight > 0 || report.avg_concurrency > 0.0 {
+            w.saw_requests(end_ms);
+        }
+        w.lag_ms = w.lag_ms.max(i64::from(interval.length_ms));
+        w.pods.insert(
+            pod.pod.clone(),
+            Member {
+                seen_ms: now_ms,
+                interval_ms: interval.length_ms,
+                now: report.in_flight,
+            },
+        );
+        w.refresh_busy();
+        Ok(())
+    }
+
+    fn apply_held(&self, report: &HeldReport, now_ms: i64) -> Result<(), Rejection> {
+        let validate::Held {
+            activator,
+            interval,
+            workloads,
+        } = validate::held_report(report, now_ms)?;
+        let end_ms = interval.start_unix_ms + i64::from(interval.length_ms);
+        for (key, held) in workloads {
+            let workload = self.workload(&key);
+            let mut w = lock(&workload);
+            #[allow(clippy::cast_precision_loss)]
+            let arrived = held.arrived as f64;
+            // Requests that arrived at the activator count as requests for the workload's rate.
+            w.ring.add(
+                Sample {
+                    start_ms: interval.start_unix_ms,
+                    length_ms: interval.length_ms,
+                    concurrency: 0.0,
+                    held: held.avg_held,
+                    requests: arrived,
+                },
+                now_ms,
+            );
+            if held.held > 0 || held.arrived > 0 {
+                w.saw_requests(end_ms);
+            }
+            let name = format!("{}/{}", activator.namespace, activator.pod);
+            w.activators.insert(
+                name,
+                Member {
+                    seen_ms: now_ms,
+                    interval_ms: interval.length_ms,
+                    now: held.held,
+                },
+            );
+            w.refresh_busy();
+        }
+        Ok(())
+    }
+
+    /// A pod belongs to one workload for its whole life.
+    fn claim(&self, pod: &PodIdentity, key: &WorkloadKey) -> Result<(), Rejection> {
+        let mut pods = lock(&self.pods);
+        match pods.get(&(pod.namespace.clone(), pod.pod.clone())) {
+            Some(owner) if owner != key => Err(Rejection::TwoWorkloads {
+                first: owner.to_string(),
+                second: key.to_string(),
+            }),
+            Some(_) => Ok(()),
+            None => {
+                pods.insert((pod.namespace.clone(), pod.pod.clone()), key.clone());
+                Ok(())
+            }
+        }
+    }
+
+    /// Drops members that missed [`MISSED_INTERVALS`] intervals, and workloads left with nothing to
+    /// say (no member, no request within the longest window). Returns how many pods were dropped.
+    pub fn sweep(&self, now_ms: i64) -> usize {
+        let stale =
+            |m: &Member| now_ms - m.seen_ms > MISSED_INTERVALS * i64::from(m.interval_ms).max(1000);
+        let mut dropped_pods = Vec::new();
+        let mut empty = Vec::new();
+        for (key, workload) in read(&self.workloads).iter() {
+            let mut w = lock(workload);
+            let before = w.pods.len();
+            w.pods.retain(|name, m| {
+                let keep = !stale(m);
+                if !keep {
+                    dropped_pods.push((key.namespace.clone(), name.clone()));
+                }
+                keep
+            });
+            w.activators.retain(|_, m| !stale(m));
+            if w.pods.len() != before {
+                w.refresh_busy();
+            }
+            let quiet = w
+                .last_request_ms
+                .is_none_or(|t| now_ms - t > self.settings.max_window_ms);
+            if w.pods.is_empty() && w.activators.is_empty() && quiet && w.busy.receiver_count() == 0
+            {
+                empty.push(key.clone());
+            }
+        }
+        if !dropped_pods.is_empty() {
+            let mut pods = lock(&self.pods);
+            for p in &dropped_pods {
+                pods.remove(p);
+            }
+        }
+        if !empty.is_empty() {
+            let mut workloads = write(&self.workloads);
+            for key in empty {
+                workloads.remove(&key);
+            }
+        }
+        dropped_pods.len()
+    }
+
+    /// The scaler's value: concurrency (stable window, or the burst window when it reads at least
+    /// twice as much) or request rate (requests/s over the window).
+    pub fn value(&self, key: &WorkloadKey, metric: Metric, window_ms: i64, now_ms: i64) -> f64 {
+        let Some(workload) = self.existing(key) else {
+            return 0.0;
+        };
+        let w = lock(&workload);
+        let end = now_ms - w.lag_ms;
+        let since = self.settings.started_ms;
+        let stable = w
+            .ring
+            .window(end, window_ms.min(self.settings.max_window_ms), since);
+        match metric {
+            Metric::RequestRate => stable.request_rate,
+            Metric::Concurrency => {
+                let burst = w.ring.window(end, self.settings.burst_ms, since);
+                with_burst(stable.concurrency, burst.concurrency)
+            }
+        }
+    }
+
+    /// Active: something in flight or held now, or a request within `delay_ms`. A workload that
+    /// has members is not called inactive until `delay_ms` has passed since this process started:
+    /// after a restart the aggregator does not know how long it has been idle.
+    pub fn is_active(&self, key: &WorkloadKey, delay_ms: i64, now_ms: i64) -> bool {
+        let Some(workload) = self.existing(key) else {
+            return false;
+        };
+        let w = lock(&workload);
+        if *w.busy.borrow() {
+            return true;
+        }
+        let recent = w.last_request_ms.is_some_and(|t| now_ms - t < delay_ms);
+        let has_members = !w.pods.is_empty() || !w.activators.is_empty();
+        recent || (has_members && now_ms - self.settings.started_ms < delay_ms)
+    }
+
+    /// Wakes whoever waits on a change of the workload's "something in flight or held".
+    pub fn watch_busy(&self, key: &WorkloadKey) -> watch::Receiver<bool> {
+        lock(&self.workload(key)).busy.subscribe()
+    }
+
+    pub fn census(&self) -> Census {
+        let workloads = read(&self.workloads);
+        let mut c = Census {
+            workloads: workloads.len(),
+            ..Census::default()
+        };
+        for w in workloads.values() {
+            let w = lock(w);
+            c.pods += w.pods.len();
+            c.activators += w.activators.len();
+        }
+        c
+    }
+
+    /// Pods currently tracked for a workload (their names).
+    pub fn pods(&self, key: &WorkloadKey) -> Vec<String> {
+        self.existing(key).map_or_else(Vec::new, |w| {
+            let mut pods: Vec<String> = lock(&w).pods.keys().cloned().collect();
+            pods.sort();
+            pods
+        })
+    }
+}
+
+// A poisoned lock means a panic while holding it; the data is plain numbers that stay consistent
+// enough to keep serving, which beats turning one bug into a dead scaler.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use inflight_proto::v1::{Interval, LatencyHistogram};
+
+    use super::*;
+
+    const T0: i64 = 1_700_000_000_000;
+
+    fn registry(started_ms: i64) -> Registry {
+        Registry::new(Settings {
+            stable_ms: 60_000,
+            burst_ms: 6_000,
+            max_window_ms: 600_000,
+            started_ms,
+        })
+    }
+
+    fn report(
+        pod: &str,
+        workload: &str,
+        start_ms: i64,
+        concurrency: f64,
+        in_flight: u32,
+        requests: u64,
+    ) -> ReportRequest {
+        let (kind, name) = workload.split_once('/').unwrap();
+        ReportRequest {
+            report: Some(report_request::Report::Pod(PodReport {
+                pod: Some(PodIdentity {
+                    namespace: "shop".into(),
+                    pod: pod.into(),
+                    workload: Some(WorkloadRef {
+                        namespace: "shop".into(),
+                        kind: kind.into(),
+                        name: name.into(),
+                    }),
+                    pod_ip: "10.0.0.1".into(),
+                }),
+                interval: Some(Interval {
+                    start_unix_ms: start_ms,
+                    length_ms: 1000,
+                }),
+                avg_concurrency: concurrency,
+                in_flight,
+                requests,
+                responses: None,
+                latency: None,
+            })),
+        }
+    }
+
+    fn web() -> WorkloadKey {
+        WorkloadKey::new("shop", "deployment", "web")
+    }
+
+    #[test]
+    fn pods_add_up_and_the_burst_rule_answers_a_spike() {
+        let r = registry(T0 - 3_600_000);
+        for s in 0..60 {
+            let at = T0 + s * 1000;
+            r.apply(
+                &report("web-1", "deployment/web", at, 1.0, 1, 10),
+                at + 1000,
+            )
+            .unwrap();
+            // The second pod gets a spike in the last 6 s: 10 in flight.
+            let c = if s >= 54 { 10.0 } else { 1.0 };
+            r.apply(&report("web-2", "deployment/web", at, c, 1, 10), at + 1000)
+                .unwrap();
+        }
+        let now = T0 + 61_000; // figures complete up to now - 1 s
+        let stable = 1.0 + (54.0 + 60.0) / 60.0;
+        let burst = 11.0;
+        assert!(burst >= 2.0 * stable);
+        let v = r.value(&web(), Metric::Concurrency, 60_000, now);
+        assert!((v - burst).abs() < 1e-6, "{v}");
+        let rate = r.value(&web(), Metric::RequestRate, 60_000, now);
+        assert!((rate - 20.0).abs() < 1e-6, "{rate}");
+        assert_eq!(r.pods(&web()), vec!["web-1", "web-2"]);
+    }
+
+    #[test]
+    fn a_bad_report_changes_nothing() {
+        let r = registry(T0);
+        r.apply(&report("web-1", "deployment/web", T0, 2.0, 2, 1), T0 + 1000)
+            .unwrap();
+        let before = r.value(&web(), Metric::Concurrency, 60_000, T0 + 2000);
+        let mut bad = report("web-1", "deployment/web", T0 + 1000, f64::NAN, 0, 1);
+        assert_eq!(
+            r.apply(&bad, T0 + 2000).unwrap_err().reason(),
+            "bad_concurrency"
+        );
+        if let Some(report_request::Report::Pod(p)) = &mut bad.report {
+            p.avg_concurrency = 1.0;
+            p.interval = Some(Interval {
+                start_unix_ms: T0,
+                length_ms: 0,
+            });
+        }
+        assert_eq!(
+            r.apply(&bad, T0 + 2000).unwrap_err().reason(),
+            "zero_interval"
+        );
+        if let Some(report_request::Report::Pod(p)) = &mut bad.report {
+            p.interval = Some(Interval {
+                start_unix_ms: T0,
+                length_ms: 1000,
+            });
+            p.latency = Some(LatencyHistogram {
+                counts: vec![1, 2, 3],
+                sum_seconds: 0.1,
+            });
+        }
+        assert_eq!(
+            r.apply(&bad, T0 + 2000).unwrap_err().reason(),
+            "bad_histogram"
+        );
+        let other = report("web-1", "deployment/api", T0 + 1000, 5.0, 5, 5);
+        assert_eq!(
+            r.apply(&other, T0 + 2000).unwrap_err().reason(),
+            "two_workloads"
+        );
+        assert_eq!(
+            r.apply(&ReportRequest { report: None }, T0)
+                .unwrap_err()
+                .reason(),
+            "empty"
+        );
+        assert_eq!(
+            r.value(&web(), Metric::Concurrency, 60_000, T0 + 2000),
+            before
+        );
+        assert_eq!(
+            r.census(),
+            Census {
+                workloads: 1,
+                pods: 1,
+                activators: 0
+            }
+        );
+    }
+
+    #[test]
+    fn activity_after_a_restart_and_after_idling() {
+        let delay = 300_000;
+        // Started 10 s ago; the pod reports but has served nothing since.
+        let r = registry(T0);
+        r.apply(
+            &report("web-1", "deployment/web", T0, 0.0, 0, 0),
+            T0 + 10_000,
+        )
+        .unwrap();
+        assert!(
+            r.is_active(&web(), delay, T0 + 10_000),
+            "no false zero before a whole delay since the restart"
+        );
+        assert!(
+            !r.is_active(&web(), delay, T0 + delay + 1000),
+            "idle for the whole delay"
+        );
+        // A request in flight makes it active at once, and the busy watch hears it.
+        let busy = r.watch_busy(&web());
+        r.apply(
+            &report("web-1", "deployment/web", T0 + delay, 0.5, 1, 0),
+            T0 + delay + 1000,
+        )
+        .unwrap();
+        assert!(busy.has_changed().unwrap());
+        assert!(r.is_active(&web(), delay, T0 + delay + 1000));
+        // Unknown workloads are inactive.
+        assert!(!r.is_active(&WorkloadKey::new("shop", "deployment", "nope"), delay, T0));
+    }
+
+    #[test]
+    fn silent_pods_expire_after_three_intervals() {
+        let r = registry(T0);
+        r.apply(&report("web-1", "deployment/web", T0, 1.0, 1, 1), T0 + 1000)
+            .unwrap();
+        r.apply(&report("web-2", "deployment/web", T0, 1.0, 0, 1), T0 + 1000)
+            .unwrap();
+        assert_eq!(r.sweep(T0 + 3500), 0);
+        r.apply(
+            &report("web-2", "deployment/web", T0 + 3000, 1.0, 0, 1),
+            T0 + 4000,
+        )
+        .unwrap();
+        assert_eq!(r.sweep(T0 + 4500), 1, "web-1 missed 3 intervals");
+        assert_eq!(r.pods(&web()), vec!["web-2"]);
+        // A pod that expired may come back under another workload (a new pod with an old name).
+        r.apply(
+            &report("web-1", "deployment/api", T0 + 5000, 1.0, 0, 1),
+            T0 + 6000,
+        )
+        .unwrap();
+    }
+}

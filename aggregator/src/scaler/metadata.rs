@@ -1,0 +1,251 @@
+//! The trigger's `metadata` of a ScaledObject, as KEDA passes it in `ScaledObjectRef`:
+//!
+//! ```yaml
+//! triggers:
+//! - type: external-push
+//!   metadata:
+//!     scalerAddress: inflight-aggregator.inflight.svc:9090
+//!     workload: deployment/web        # required: KIND/NAME
+//!     namespace: shop                 # default: the ScaledObject's
+//!     metric: concurrency             # or requestRate
+//!     target: "10"                    # per replica, required
+//!     window: 60s                     # default 60s
+//!     scaleToZeroAfter: 5m            # default 300s
+//! ```
+
+use std::time::Duration;
+
+use inflight_proto::externalscaler::ScaledObjectRef;
+
+use crate::registry::{Metric, WorkloadKey};
+
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+pub const DEFAULT_SCALE_TO_ZERO_AFTER: Duration = Duration::from_secs(300);
+
+/// A parsed trigger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trigger {
+    pub workload: WorkloadKey,
+    pub metric: Metric,
+    pub target: f64,
+    pub window_ms: i64,
+    pub scale_to_zero_after_ms: i64,
+}
+
+impl Trigger {
+    /// The metric's name: stable per workload and valid as a Kubernetes metric name.
+    pub fn metric_name(&self) -> String {
+        let w = &self.workload;
+        format!("inflight-{}-{}-{}", w.namespace, w.kind, w.name).to_ascii_lowercase()
+    }
+}
+
+/// A metadata key that is missing or malformed; the gRPC status names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("trigger metadata {key:?}: {why}")]
+pub struct BadMetadata {
+    pub key: &'static str,
+    pub why: String,
+}
+
+fn bad(key: &'static str, why: impl Into<String>) -> BadMetadata {
+    BadMetadata {
+        key,
+        why: why.into(),
+    }
+}
+
+/// A duration as `60s`, `5m`, `1m30s`, or a bare number of seconds.
+fn duration(key: &'static str, text: &str) -> Result<Duration, BadMetadata> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| bad(key, format!("{text:?} is not a duration ({e})")))
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+pub fn parse(r: &ScaledObjectRef, max_window: Duration) -> Result<Trigger, BadMetadata> {
+    let m = &r.scaler_metadata;
+    let workload = m
+        .get("workload")
+        .ok_or_else(|| bad("workload", "missing (KIND/NAME, e.g. deployment/web)"))?;
+    let (kind, name) = workload
+        .split_once('/')
+        .filter(|(k, n)| !k.is_empty() && !n.is_empty() && !n.contains('/'))
+        .ok_or_else(|| {
+            bad(
+                "workload",
+                format!("{workload:?} is not KIND/NAME (e.g. deployment/web)"),
+            )
+        })?;
+    let namespace = match m.get("namespace") {
+        Some(ns) if ns.is_empty() => return Err(bad("namespace", "empty")),
+        Some(ns) => ns.as_str(),
+        None if r.namespace.is_empty() => {
+            return Err(bad("namespace", "missing, and the ScaledObject has none"))
+        }
+        None => r.namespace.as_str(),
+    };
+    let metric = match m.get("metric").map(String::as_str) {
+        None | Some("concurrency") => Metric::Concurrency,
+        Some("requestRate") => Metric::RequestRate,
+        Some(other) => {
+            return Err(bad(
+                "metric",
+                format!("{other:?} is neither \"concurrency\" nor \"requestRate\""),
+            ))
+        }
+    };
+    let target = m
+        .get("target")
+        .ok_or_else(|| bad("target", "missing (a number per replica)"))?;
+    let target = target
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|t| t.is_finite() && *t > 0.0)
+        .ok_or_else(|| bad("target", format!("{target:?} is not a number above 0")))?;
+    let window = m
+        .get("window")
+        .map_or(Ok(DEFAULT_WINDOW), |w| duration("window", w))?;
+    if window.is_zero() || window > max_window {
+        return Err(bad(
+            "window",
+            format!("{window:?} is not between 1s and {max_window:?}"),
+        ));
+    }
+    let scale_to_zero_after = m
+        .get("scaleToZeroAfter")
+        .map_or(Ok(DEFAULT_SCALE_TO_ZERO_AFTER), |d| {
+            duration("scaleToZeroAfter", d)
+        })?;
+    Ok(Trigger {
+        workload: WorkloadKey::new(namespace, kind, name),
+        metric,
+        target,
+        window_ms: millis(window),
+        scale_to_zero_after_ms: millis(scale_to_zero_after),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(pairs: &[(&str, &str)]) -> ScaledObjectRef {
+        ScaledObjectRef {
+            name: "web".into(),
+            namespace: "shop".into(),
+            scaler_metadata: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    const MAX: Duration = Duration::from_secs(600);
+
+    #[test]
+    fn defaults() {
+        let t = parse(
+            &reference(&[("workload", "Deployment/web"), ("target", "10")]),
+            MAX,
+        )
+        .unwrap();
+        assert_eq!(t.workload, WorkloadKey::new("shop", "deployment", "web"));
+        assert_eq!(t.metric, Metric::Concurrency);
+        assert_eq!(t.target, 10.0);
+        assert_eq!(t.window_ms, 60_000);
+        assert_eq!(t.scale_to_zero_after_ms, 300_000);
+        assert_eq!(t.metric_name(), "inflight-shop-deployment-web");
+    }
+
+    #[test]
+    fn every_key() {
+        let t = parse(
+            &reference(&[
+                ("workload", "statefulset/db"),
+                ("namespace", "data"),
+                ("metric", "requestRate"),
+                ("target", "2.5"),
+                ("window", "2m"),
+                ("scaleToZeroAfter", "30"),
+            ]),
+            MAX,
+        )
+        .unwrap();
+        assert_eq!(t.workload, WorkloadKey::new("data", "statefulset", "db"));
+        assert_eq!(
+            (t.metric, t.target, t.window_ms, t.scale_to_zero_after_ms),
+            (Metric::RequestRate, 2.5, 120_000, 30_000)
+        );
+    }
+
+    #[test]
+    fn each_bad_key_is_named() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("target", "1")], "workload"),
+            (&[("workload", "web"), ("target", "1")], "workload"),
+            (&[("workload", "deployment/"), ("target", "1")], "workload"),
+            (&[("workload", "deployment/web")], "target"),
+            (&[("workload", "deployment/web"), ("target", "0")], "target"),
+            (
+                &[("workload", "deployment/web"), ("target", "ten")],
+                "target",
+            ),
+            (
+                &[("workload", "deployment/web"), ("target", "NaN")],
+                "target",
+            ),
+            (
+                &[
+                    ("workload", "deployment/web"),
+                    ("target", "1"),
+                    ("metric", "rps"),
+                ],
+                "metric",
+            ),
+            (
+                &[
+                    ("workload", "deployment/web"),
+                    ("target", "1"),
+                    ("window", "soon"),
+                ],
+                "window",
+            ),
+            (
+                &[
+                    ("workload", "deployment/web"),
+                    ("target", "1"),
+                    ("window", "1h"),
+                ],
+                "window",
+            ),
+            (
+                &[
+                    ("workload", "deployment/web"),
+                    ("target", "1"),
+                    ("scaleToZeroAfter", "-1"),
+                ],
+                "scaleToZeroAfter",
+            ),
+            (
+                &[
+                    ("workload", "deployment/web"),
+                    ("target", "1"),
+                    ("namespace", ""),
+                ],
+                "namespace",
+            ),
+        ];
+        for (pairs, key) in cases {
+            let e = parse(&reference(pairs), MAX).unwrap_err();
+            assert_eq!(e.key, *key, "{pairs:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! KEDA's `externalscaler.ExternalScaler`, for the `external` and `external-push` triggers.
+//!
+//! KEDA calls `GetMetrics` and `IsActive` every polling interval and `GetMetrics` again for each
+//! HPA query; it strips its own `sX-` prefix from the metric name and relabels whatever comes back
+//! with the name it asked for, so exactly one value is returned. `StreamIsActive` pushes `true` the
+//! moment a workload gets busy (KEDA ≥ 2.18 acts on each `true` at once) and `false` once it has
+//! been idle for `scaleToZeroAfter`.
+
+pub mod metadata;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use inflight_proto::externalscaler::external_scaler_server::ExternalScaler;
+use inflight_proto::externalscaler::{
+    GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
+    MetricValue, ScaledObjectRef,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::metrics::Metrics;
+use crate::now_ms;
+use crate::registry::Registry;
+use metadata::Trigger;
+
+#[derive(Debug, Clone)]
+pub struct ScalerService {
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    /// The longest `window` a trigger may ask for.
+    pub max_window: Duration,
+    /// How often `StreamIsActive` repeats an unchanged answer, so the stream stays alive.
+    pub keepalive: Duration,
+}
+
+impl ScalerService {
+    fn trigger(&self, r: Option<&ScaledObjectRef>) -> Result<Trigger, Status> {
+        let r = r.ok_or_else(|| Status::invalid_argument("no scaledObjectRef"))?;
+        metadata::parse(r, self.max_window).map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+}
+
+#[allow(clippy::cast_possible_truncation)]
+fn whole(v: f64) -> i64 {
+    v.round() as i64
+}
+
+#[tonic::async_trait]
+impl ExternalScaler for ScalerService {
+    async fn is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<IsActiveResponse>, Status> {
+        let _timer = self.metrics.scaler_call("IsActive");
+        let t = self.trigger(Some(request.get_ref()))?;
+        let result = self
+            .registry
+            .is_active(&t.workload, t.scale_to_zero_after_ms, now_ms());
+        Ok(Response::new(IsActiveResponse { result }))
+    }
+
+    type StreamIsActiveStream = ReceiverStream<Result<IsActiveResponse, Status>>;
+
+    async fn stream_is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
+        let _timer = self.metrics.scaler_call("StreamIsActive");
+        let t = self.trigger(Some(request.get_ref()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let registry = self.registry.clone();
+        let keepalive = self.keepalive;
+        let mut busy = registry.watch_busy(&t.workload);
+        tokio::spawn(async move {
+            let mut last: Option<(bool, tokio::time::Instant)> = None;
+            loop {
+                let active = registry.is_active(&t.workload, t.scale_to_zero_after_ms, now_ms());
+                let due = last.is_none_or(|(was, at)| was != active || at.elapsed() >= keepalive);
+                if due {
+                    if tx
+                        .send(Ok(IsActiveResponse { result: active }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    last = Some((active, tokio::time::Instant::now()));
+                }
+                // Wake at once when the workload gets busy (a first request in flight, a request
+                // held by an activator); otherwise look again every second for the idle deadline.
+                tokio::select! {
+                    changed = busy.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_metric_spec(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<GetMetricSpecResponse>, Status> {
+        let _timer = self.metrics.scaler_call("GetMetricSpec");
+        let t = self.trigger(Some(request.get_ref()))?;
+        Ok(Response::new(GetMetricSpecResponse {
+            metric_specs: vec![MetricSpec {
+                metric_name: t.metric_name(),
+                target_size: whole(t.target.ceil()).max(1),
+                target_size_float: t.target,
+            }],
+        }))
+    }
+
+    async fn get_metrics(
+        &self,
+        request: Request<GetMetricsRequest>,
+    ) -> Result<Response<GetMetricsResponse>, Status> {
+        let _timer = self.metrics.scaler_call("GetMetrics");
+        let r = request.into_inner();
+        let t = self.trigger(r.scaled_object_ref.as_ref())?;
+        let value = self
+            .registry
+            .value(&t.workload, t.metric, t.window_ms, now_ms());
+        let metric_name = if r.metric_name.is_empty() {
+            t.metric_name()
+        } else {
+            r.metric_name
+        };
+        Ok(Response::new(GetMetricsResponse {
+            metric_values: vec![MetricValue {
+                metric_name,
+                metric_value: whole(value),
+                metric_value_float: value,
+            }],
+        }))
+    }
+}

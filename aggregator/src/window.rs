@@ -1,0 +1,241 @@
+//! The windows maths of the design page, in one place: a ring of per-second buckets per workload,
+//! into which each report's interval is spread by overlap, and from which the stable and burst
+//! windows are read.
+//!
+//! A report says "over [start, start + length) this pod averaged `c` requests in flight and
+//! finished `n` requests". Its concurrency-milliseconds (`c × length`) and its requests are split
+//! over the seconds the interval overlaps, in proportion. Summing concurrency-milliseconds over a
+//! window and dividing by the window's length gives the sum over pods of their time-weighted
+//! average concurrency in that window: exactly the signal, not a sample of it.
+
+/// One second of one workload.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Bucket {
+    /// Unix second this bucket holds; a slot whose second is not the one asked for is empty.
+    second: i64,
+    /// Requests in flight × milliseconds, summed over pods.
+    concurrency_ms: f64,
+    /// Requests held by activators × milliseconds.
+    held_ms: f64,
+    /// Requests finished (fractional: an interval's requests are spread like its concurrency).
+    requests: f64,
+}
+
+/// What a window holds, averaged over the part of it that was observed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WindowValue {
+    /// Average concurrency (pods) plus average held requests (activators).
+    pub concurrency: f64,
+    /// Requests per second.
+    pub request_rate: f64,
+}
+
+/// A ring of per-second buckets long enough for the longest window asked of it.
+#[derive(Debug, Clone)]
+pub struct Ring {
+    slots: Box<[Bucket]>,
+}
+
+/// A contribution to the ring: what one report says about one interval.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub start_ms: i64,
+    pub length_ms: u32,
+    pub concurrency: f64,
+    pub held: f64,
+    pub requests: f64,
+}
+
+impl Ring {
+    /// A ring holding `seconds` seconds (plus one, for the second being filled).
+    pub fn new(seconds: u32) -> Self {
+        let len = usize::try_from(seconds).unwrap_or(usize::MAX / 2).max(1) + 2;
+        Self {
+            slots: vec![Bucket::default(); len].into_boxed_slice(),
+        }
+    }
+
+    fn seconds_held(&self) -> i64 {
+        i64::try_from(self.slots.len()).unwrap_or(i64::MAX)
+    }
+
+    fn slot(&mut self, second: i64) -> &mut Bucket {
+        let i = usize::try_from(second.rem_euclid(self.seconds_held())).unwrap_or(0);
+        let slot = &mut self.slots[i];
+        if slot.second != second {
+            *slot = Bucket {
+                second,
+                ..Bucket::default()
+            };
+        }
+        slot
+    }
+
+    fn get(&self, second: i64) -> Option<&Bucket> {
+        let i = usize::try_from(second.rem_euclid(self.seconds_held())).ok()?;
+        let slot = &self.slots[i];
+        (slot.second == second).then_some(slot)
+    }
+
+    /// Spreads a sample over the seconds its interval overlaps. Parts older than the ring holds,
+    /// relative to `now_ms`, are dropped (they could only overwrite newer seconds).
+    pub fn add(&mut self, sample: Sample, now_ms: i64) {
+        if sample.length_ms == 0 {
+            return;
+        }
+        // The ring holds `seconds_held` consecutive seconds ending with the current one.
+        let oldest = now_ms.div_euclid(1000) - self.seconds_held() + 1;
+        let end_ms = sample.start_ms + i64::from(sample.length_ms);
+        let length = f64::from(sample.length_ms);
+        let mut at = sample.start_ms;
+        while at < end_ms {
+            let second = at.div_euclid(1000);
+            let next = ((second + 1) * 1000).min(end_ms);
+            let overlap = (next - at) as f64;
+            if second >= oldest {
+                let fraction = overlap / length;
+                let b = self.slot(second);
+                b.concurrency_ms += sample.concurrency * overlap;
+                b.held_ms += sample.held * overlap;
+                b.requests += sample.requests * fraction;
+            }
+            at = next;
+        }
+    }
+
+    /// The window `[end_ms - window_ms, end_ms)`, averaged over the part of it at or after
+    /// `observed_since_ms` (a restarted aggregator averages what it holds, it does not count the
+    /// time before it started as zero). Seconds at the edges count in proportion.
+    pub fn window(&self, end_ms: i64, window_ms: i64, observed_since_ms: i64) -> WindowValue {
+        let start_ms = (end_ms - window_ms).max(observed_since_ms);
+        let span_ms = end_ms - start_ms;
+        if span_ms <= 0 {
+            return WindowValue::default();
+        }
+        let (mut conc_ms, mut requests) = (0.0, 0.0);
+        for second in start_ms.div_euclid(1000)..=(end_ms - 1).div_euclid(1000) {
+            let Some(b) = self.get(second) else { continue };
+            let from = (second * 1000).max(start_ms);
+            let to = ((second + 1) * 1000).min(end_ms);
+            let fraction = (to - from) as f64 / 1000.0;
+            conc_ms += (b.concurrency_ms + b.held_ms) * fraction;
+            requests += b.requests * fraction;
+        }
+        let span = span_ms as f64;
+        WindowValue {
+            concurrency: conc_ms / span,
+            request_rate: requests * 1000.0 / span,
+        }
+    }
+}
+
+/// Knative's panic rule: when the burst window reads at least twice the stable one, answer the
+/// burst value, so that a spike scales out in seconds rather than after a whole stable window.
+pub fn with_burst(stable: f64, burst: f64) -> f64 {
+    if burst >= 2.0 * stable {
+        burst
+    } else {
+        stable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(start_ms: i64, length_ms: u32, concurrency: f64, requests: f64) -> Sample {
+        Sample {
+            start_ms,
+            length_ms,
+            concurrency,
+            held: 0.0,
+            requests,
+        }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn steady_pods_add_up() {
+        let mut ring = Ring::new(60);
+        // Two pods, each 3 in flight for 60 s, reporting every second out of phase.
+        for s in 0..60 {
+            ring.add(sample(1_000_000 + s * 1000, 1000, 3.0, 30.0), 1_061_000);
+            ring.add(sample(1_000_400 + s * 1000, 1000, 3.0, 30.0), 1_061_000);
+        }
+        let w = ring.window(1_060_000, 60_000, 0);
+        // The second pod's first 400 ms lie before the window's start... and its last 400 ms after it.
+        assert!((w.concurrency - 6.0).abs() < 0.05, "{w:?}");
+        assert!((w.request_rate - 60.0).abs() < 0.5, "{w:?}");
+    }
+
+    #[test]
+    fn an_interval_is_spread_over_the_seconds_it_overlaps() {
+        let mut ring = Ring::new(10);
+        ring.add(sample(10_500, 1000, 4.0, 10.0), 12_000);
+        // Half in second 10, half in second 11.
+        let first = ring.window(11_000, 1000, 0);
+        let second = ring.window(12_000, 1000, 0);
+        assert!(
+            close(first.concurrency, 2.0) && close(second.concurrency, 2.0),
+            "{first:?} {second:?}"
+        );
+        assert!(close(first.request_rate, 5.0) && close(second.request_rate, 5.0));
+    }
+
+    #[test]
+    fn a_part_filled_window_is_averaged_over_what_it_holds() {
+        let mut ring = Ring::new(60);
+        for s in 0..10 {
+            ring.add(sample(100_000 + s * 1000, 1000, 5.0, 1.0), 110_000);
+        }
+        // Observed only since 100 s: the 60 s window holds 10 s, averaged over those 10 s.
+        assert!(close(
+            ring.window(110_000, 60_000, 100_000).concurrency,
+            5.0
+        ));
+        // Without that knowledge the same data is 5 × 10 / 60.
+        assert!(close(
+            ring.window(110_000, 60_000, 0).concurrency,
+            5.0 * 10.0 / 60.0
+        ));
+    }
+
+    #[test]
+    fn old_seconds_do_not_linger_in_reused_slots() {
+        let mut ring = Ring::new(5);
+        ring.add(sample(0, 1000, 9.0, 9.0), 1000);
+        // Seven seconds later the slot of second 0 is reused by second 7: nothing of 9.0 remains.
+        ring.add(sample(7000, 1000, 1.0, 1.0), 8000);
+        assert!(close(ring.window(8000, 8000, 0).concurrency, 1.0 / 8.0));
+        // A report older than the ring is dropped rather than written over newer seconds.
+        ring.add(sample(1000, 1000, 100.0, 0.0), 8000);
+        assert!(close(ring.window(8000, 8000, 0).concurrency, 1.0 / 8.0));
+    }
+
+    #[test]
+    fn held_requests_count_as_concurrency() {
+        let mut ring = Ring::new(10);
+        ring.add(
+            Sample {
+                start_ms: 0,
+                length_ms: 1000,
+                concurrency: 0.0,
+                held: 2.0,
+                requests: 0.0,
+            },
+            1000,
+        );
+        assert!(close(ring.window(1000, 1000, 0).concurrency, 2.0));
+    }
+
+    #[test]
+    fn the_burst_rule() {
+        assert!(close(with_burst(10.0, 19.9), 10.0));
+        assert!(close(with_burst(10.0, 20.0), 20.0));
+        assert!(close(with_burst(0.0, 0.5), 0.5));
+        assert!(close(with_burst(0.0, 0.0), 0.0));
+    }
+}
