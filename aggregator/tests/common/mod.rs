@@ -1,0 +1,159 @@
+//! Starting the real aggregator binary, and the real proxy and demo app beside it, on loopback.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `inflight-aggregator` binary, killed when dropped.
+pub struct Aggregator {
+    pub child: Child,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Aggregator {
+    pub fn start(extra: &[&str]) -> Self {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], free_port())), extra)
+    }
+
+    pub fn start_on(grpc: SocketAddr, extra: &[&str]) -> Self {
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = Command::new(env!("CARGO_BIN_EXE_inflight-aggregator"))
+            .args([
+                "--grpc-listen",
+                &grpc.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let a = Self { child, grpc, admin };
+        a.wait_ready();
+        a
+    }
+
+    fn wait_ready(&self) {
+        let until = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(self.grpc).is_err()
+            || std::net::TcpStream::connect(self.admin).is_err()
+        {
+            assert!(
+                Instant::now() < until,
+                "aggregator did not listen on {} and {}",
+                self.grpc,
+                self.admin
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// `/metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        let mut stream = tokio::net::TcpStream::connect(self.admin).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// The value of one sample line of `/metrics` (exact name with labels), if present.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().await.lines().find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Aggregator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs the demo app and an inflight-proxy in front of it (the real libraries, each on a runtime
+/// of its own thread), reporting to `aggregator` as pod `pod` of `workload` in namespace `shop`.
+/// Returns the proxy's data address.
+pub fn proxy_in_front_of_demo_app(aggregator: &str, workload: &str, pod: &str) -> SocketAddr {
+    let app = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = inflight_demo_app::app::AppConfig {
+            latency: Duration::from_millis(1),
+            jitter: Duration::ZERO,
+        };
+        rt.block_on(inflight_demo_app::app::serve(
+            app,
+            config,
+            std::future::pending(),
+        ))
+        .unwrap();
+    });
+    let args = [
+        "inflight-proxy",
+        "--listen",
+        &proxy.to_string(),
+        "--admin-listen",
+        &admin.to_string(),
+        "--upstream",
+        &app.to_string(),
+        "--aggregator",
+        aggregator,
+        "--workload",
+        workload,
+        "--pod-name",
+        pod,
+        "--pod-namespace",
+        "shop",
+        "--threads",
+        "1",
+    ]
+    .map(str::to_owned);
+    std::thread::spawn(move || {
+        let config =
+            <inflight_proxy::config::Config as clap::Parser>::try_parse_from(args).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(inflight_proxy::run(config, std::future::pending()))
+            .unwrap();
+    });
+    let until = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(proxy).is_err() {
+        assert!(Instant::now() < until, "proxy did not listen on {proxy}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy
+}
