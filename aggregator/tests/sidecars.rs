@@ -1,0 +1,299 @@
+//! 1,000 simulated sidecars, each on a report stream of its own over its own connection, against
+//! the real aggregator binary: the figures add up, silent pods expire, a restart gives no false
+//! zero, and reports that contradict themselves are refused and change nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::Aggregator;
+use inflight_proto::externalscaler::external_scaler_client::ExternalScalerClient;
+use inflight_proto::externalscaler::{GetMetricsRequest, ScaledObjectRef};
+use inflight_proto::v1::ingest_client::IngestClient;
+use inflight_proto::v1::{
+    report_request, Interval, PodIdentity, PodReport, ReportRequest, WorkloadRef,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+const PODS: usize = 1000;
+const WORKLOADS: usize = 10;
+
+fn now_ms() -> i64 {
+    inflight_aggregator::now_ms()
+}
+
+fn report(pod: &str, workload: &str, start_ms: i64, concurrency: f64) -> ReportRequest {
+    ReportRequest {
+        report: Some(report_request::Report::Pod(PodReport {
+            pod: Some(PodIdentity {
+                namespace: "shop".into(),
+                pod: pod.into(),
+                workload: Some(WorkloadRef {
+                    namespace: "shop".into(),
+                    kind: "deployment".into(),
+                    name: workload.into(),
+                }),
+                pod_ip: String::new(),
+            }),
+            interval: Some(Interval {
+                start_unix_ms: start_ms,
+                length_ms: 1000,
+            }),
+            avg_concurrency: concurrency,
+            in_flight: 0,
+            requests: 0,
+            responses: None,
+            latency: None,
+        })),
+    }
+}
+
+/// A sidecar that reports `concurrency` for every second since `t0_ms`, on one stream, and
+/// reconnects (sending on from where it was) when the stream breaks, until `stop` says so.
+async fn sidecar(
+    url: String,
+    pod: String,
+    workload: String,
+    t0_ms: i64,
+    concurrency: f64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut next = t0_ms;
+    loop {
+        let Ok(mut client) = IngestClient::connect(url.clone()).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let call = tokio::spawn(async move { client.report(ReceiverStream::new(rx)).await });
+        loop {
+            while next + 1000 <= now_ms() {
+                if tx
+                    .send(report(&pod, &workload, next, concurrency))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                next += 1000;
+            }
+            if call.is_finished() {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(u64::try_from(next + 1000 - now_ms()).unwrap_or(0).max(5))) => {}
+                _ = stop.changed() => return,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn reference(workload: &str, scale_to_zero_after: &str) -> ScaledObjectRef {
+    ScaledObjectRef {
+        name: workload.into(),
+        namespace: "shop".into(),
+        scaler_metadata: HashMap::from([
+            ("workload".to_owned(), format!("deployment/{workload}")),
+            ("target".to_owned(), "10".to_owned()),
+            (
+                "scaleToZeroAfter".to_owned(),
+                scale_to_zero_after.to_owned(),
+            ),
+        ]),
+    }
+}
+
+async fn value(
+    scaler: &mut ExternalScalerClient<tonic::transport::Channel>,
+    workload: &str,
+) -> f64 {
+    let r = scaler
+        .get_metrics(GetMetricsRequest {
+            scaled_object_ref: Some(reference(workload, "300s")),
+            metric_name: "m".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.metric_values[0].metric_value_float
+}
+
+async fn eventually(what: &str, secs: u64, mut check: impl AsyncFnMut() -> bool) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_sidecars_expiry_restart_and_bad_reports() {
+    let t0 = now_ms() - 2000;
+    let mut aggregator = Aggregator::start(&[]);
+    let url = aggregator.url();
+
+    // 1,000 pods in 10 workloads, each pod averaging 1.0 in flight; workload "idle" has one idle pod.
+    let mut stops = Vec::new();
+    for i in 0..PODS {
+        let (tx, rx) = watch::channel(false);
+        stops.push(tx);
+        let w = format!("w{}", i % WORKLOADS);
+        tokio::spawn(sidecar(url.clone(), format!("pod-{i}"), w, t0, 1.0, rx));
+    }
+    let (_idle_stop, idle_rx) = watch::channel(false);
+    tokio::spawn(sidecar(
+        url.clone(),
+        "idle-0".into(),
+        "idle".into(),
+        t0,
+        0.0,
+        idle_rx,
+    ));
+
+    eventually("1,001 pods and 1,001 streams", 60, async || {
+        aggregator.metric("inflight_aggregator_pods").await == Some(1001.0)
+            && aggregator
+                .metric("inflight_aggregator_report_streams")
+                .await
+                == Some(1001.0)
+    })
+    .await;
+    assert_eq!(
+        aggregator.metric("inflight_aggregator_workloads").await,
+        Some(11.0)
+    );
+
+    // Each workload: 100 pods × 1.0 — averaged over what this aggregator observed.
+    let mut scaler = ExternalScalerClient::connect(url.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for w in 0..WORKLOADS {
+        let v = value(&mut scaler, &format!("w{w}")).await;
+        assert!((v - 100.0).abs() <= 5.0, "w{w}: {v}, expected 100 ± 5");
+    }
+
+    // Half the pods stop reporting: after 3 missed intervals they are gone.
+    for stop in &stops[..PODS / 2] {
+        stop.send(true).unwrap();
+    }
+    eventually("500 silent pods to expire", 20, async || {
+        aggregator.metric("inflight_aggregator_pods").await == Some(501.0)
+    })
+    .await;
+    assert_eq!(
+        aggregator
+            .metric("inflight_aggregator_pods_expired_total")
+            .await,
+        Some(500.0)
+    );
+
+    // A restart on the same address: the 501 remaining sidecars reconnect. The window holds only
+    // what the new process saw, and is averaged over that: 50 pods × 1.0, not 50 × (seconds / 60).
+    // (Reports in the pipe when the old process died are lost, as with real sidecars: a gap of a
+    // fraction of a second at the window's start, hence a few seconds of window before reading.)
+    aggregator.kill();
+    let restart = now_ms();
+    let aggregator = Aggregator::start_on(aggregator.grpc, &[]);
+    eventually("the sidecars to reconnect", 30, async || {
+        aggregator.metric("inflight_aggregator_pods").await == Some(501.0)
+    })
+    .await;
+    let mut scaler = ExternalScalerClient::connect(aggregator.url())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let v = value(&mut scaler, "w3").await;
+    assert!(
+        (v - 50.0).abs() <= 5.0,
+        "after the restart w3 reads {v}, expected 50 ± 5"
+    );
+    // The idle workload has a pod but served nothing: not declared inactive before a whole
+    // scaleToZeroAfter since the restart (300 s), but inactive with a delay already passed (1 s).
+    let active = |delay: &str| reference("idle", delay);
+    assert!(
+        scaler
+            .is_active(active("300s"))
+            .await
+            .unwrap()
+            .into_inner()
+            .result,
+        "no false zero after a restart"
+    );
+    assert!(now_ms() - restart > 1000);
+    assert!(
+        !scaler
+            .is_active(active("1s"))
+            .await
+            .unwrap()
+            .into_inner()
+            .result
+    );
+
+    // Reports that contradict themselves: refused with INVALID_ARGUMENT naming the reason, counted,
+    // and nothing changes.
+    let before = value(&mut scaler, "w3").await;
+    let mut client = IngestClient::connect(aggregator.url()).await.unwrap();
+    let t = now_ms() - 1000;
+    let bad = [
+        ("bad_concurrency", report("pod-999", "w9", t, f64::NAN)),
+        ("bad_concurrency", report("pod-993", "w3", t, -1.0)),
+        ("two_workloads", report("pod-993", "w4", t, 50.0)),
+        ("zero_interval", {
+            let mut r = report("pod-993", "w3", t, 50.0);
+            if let Some(report_request::Report::Pod(p)) = &mut r.report {
+                p.interval = Some(Interval {
+                    start_unix_ms: t,
+                    length_ms: 0,
+                });
+            }
+            r
+        }),
+        (
+            "missing_identity",
+            ReportRequest {
+                report: Some(report_request::Report::Pod(PodReport::default())),
+            },
+        ),
+    ];
+    for (reason, r) in bad {
+        let status = client.report(tokio_stream::iter([r])).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{reason}: {status:?}"
+        );
+        assert!(
+            status.message().contains(reason),
+            "{reason} not in {:?}",
+            status.message()
+        );
+    }
+    assert_eq!(
+        aggregator
+            .metric("inflight_aggregator_reports_rejected_total{reason=\"bad_concurrency\"}")
+            .await,
+        Some(2.0)
+    );
+    assert_eq!(
+        aggregator
+            .metric("inflight_aggregator_reports_rejected_total{reason=\"two_workloads\"}")
+            .await,
+        Some(1.0)
+    );
+    let after = value(&mut scaler, "w3").await;
+    assert!(
+        (after - before).abs() <= 2.0,
+        "w3 moved from {before} to {after}"
+    );
+    assert_eq!(
+        aggregator.metric("inflight_aggregator_workloads").await,
+        Some(11.0),
+        "no workload made by a refused report"
+    );
+}
