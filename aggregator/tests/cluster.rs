@@ -1,0 +1,193 @@
+//! On the test bed, with real KEDA: two aggregator replicas in the cluster; a Deployment whose pods
+//! carry inflight-proxy beside the demo app (by hand, until the injector exists); a ScaledObject
+//! with an `external-push` trigger to the aggregator. Load through the Service → KEDA and the HPA
+//! scale the Deployment out to ceil(concurrency / target); idle → back to minReplicaCount.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use inflight_testbed::images::image_ref;
+use inflight_testbed::TestBed;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::Api;
+
+fn apply(tb: &TestBed, manifest: &serde_json::Value) {
+    let path =
+        std::env::temp_dir().join(format!("inflight-aggregator-test-{}.json", tb.namespace()));
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    let result = tb.kubectl(&["apply", "-f", &path.display().to_string()]);
+    let _ = std::fs::remove_file(&path);
+    result.unwrap();
+}
+
+async fn eventually<F, Fut>(what: &str, secs: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            Instant::now() < until,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn replicas(deployments: &Api<Deployment>, name: &str) -> (i32, i32) {
+    let d = deployments.get(name).await.unwrap();
+    (
+        d.spec.and_then(|s| s.replicas).unwrap_or(0),
+        d.status.and_then(|s| s.ready_replicas).unwrap_or(0),
+    )
+}
+
+fn aggregator_manifests() -> serde_json::Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "inflight-aggregator"},
+         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "inflight-aggregator"}},
+           "template": {"metadata": {"labels": {"app": "inflight-aggregator"}}, "spec": {"containers": [{
+             "name": "aggregator", "image": image_ref("inflight-aggregator"), "imagePullPolicy": "Never",
+             "ports": [{"containerPort": 9090, "name": "grpc"}, {"containerPort": 15093, "name": "admin"}],
+             "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15093}, "periodSeconds": 1}}]}}}},
+        // KEDA talks to either replica: both hold every report.
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator"},
+         "spec": {"selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}},
+        // Sidecars resolve every replica's address and report to each.
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator-ingest"},
+         "spec": {"clusterIP": "None", "selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}}
+    ]})
+}
+
+fn web_manifests(ns: &str) -> serde_json::Value {
+    let field = |path: &str| serde_json::json!({"fieldRef": {"fieldPath": path}});
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+           "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+             "initContainers": [{
+               "name": "inflight-proxy", "image": image_ref("inflight-proxy"), "imagePullPolicy": "Never",
+               "restartPolicy": "Always",
+               "args": ["--upstream", "127.0.0.1:8080", "--workload", "deployment/web",
+                        "--aggregator", format!("http://inflight-aggregator-ingest.{ns}.svc.cluster.local:9090")],
+               "env": [{"name": "POD_NAME", "valueFrom": field("metadata.name")},
+                       {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
+                       {"name": "POD_IP", "valueFrom": field("status.podIP")}],
+               "ports": [{"containerPort": 15080, "name": "inflight-http"}],
+               "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15090}, "periodSeconds": 1}}],
+             "containers": [{
+               "name": "app", "image": image_ref("inflight-demo-app"), "imagePullPolicy": "Never",
+               "args": ["serve", "--listen", "0.0.0.0:8080", "--latency", "500ms"],
+               "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}}]}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+         "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 15080}]}},
+        {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "web"},
+         "spec": {"scaleTargetRef": {"name": "web"}, "minReplicaCount": 1, "maxReplicaCount": 6,
+           "pollingInterval": 2, "cooldownPeriod": 10,
+           "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
+             "scaleDown": {"stabilizationWindowSeconds": 0, "policies": [{"type": "Percent", "value": 100, "periodSeconds": 5}]},
+             "scaleUp": {"stabilizationWindowSeconds": 0, "policies": [{"type": "Percent", "value": 200, "periodSeconds": 5}]}}}},
+           "triggers": [{"type": "external-push", "metadata": {
+             "scalerAddress": format!("inflight-aggregator.{ns}.svc.cluster.local:9090"),
+             "workload": "deployment/web", "target": "2", "window": "20s", "scaleToZeroAfter": "30s"}}]}}
+    ]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed (root; see README: cargo test -- --ignored)"]
+async fn testbed_keda_scales_on_concurrency_through_the_aggregator() {
+    let tb = TestBed::shared().await.unwrap();
+    let ns = tb.namespace().to_owned();
+    apply(&tb, &aggregator_manifests());
+    let deployments: Api<Deployment> = Api::namespaced(tb.client(), &ns);
+    eventually("2 aggregator replicas ready", 120, || async {
+        replicas(&deployments, "inflight-aggregator").await.1 == 2
+    })
+    .await;
+    apply(&tb, &web_manifests(&ns));
+    eventually("web ready", 120, || async {
+        replicas(&deployments, "web").await.1 >= 1
+    })
+    .await;
+
+    // Six clients in a loop on a 500 ms endpoint: six requests in flight at all times. With a
+    // target of 2 per replica, KEDA's HPA asks for ceil(6 / 2) = 3 replicas.
+    let svc = tb
+        .kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"])
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let (stop, ok, failed, svc) = (stop.clone(), ok.clone(), failed.clone(), svc.clone());
+        clients.push(tokio::spawn(async move {
+            let client: Client<HttpConnector, Empty<Bytes>> =
+                Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+            let uri: hyper::Uri = format!("http://{svc}/").parse().unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                match client.get(uri.clone()).await {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.into_body().collect().await;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }));
+    }
+    eventually(
+        "KEDA and the HPA to scale web to 3 ready replicas",
+        180,
+        || async { replicas(&deployments, "web").await == (3, 3) },
+    )
+    .await;
+    // The value KEDA's metrics adapter reads from the aggregator, through the API server.
+    let raw = tb
+        .kubectl(&[
+            "get",
+            "--raw",
+            &format!("/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/s0-inflight-{ns}-deployment-web?labelSelector=scaledobject.keda.sh%2Fname%3Dweb"),
+        ])
+        .unwrap();
+    let metrics: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let value = metrics["items"][0]["value"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    println!("external metric while loaded: {value}");
+    assert!(!value.is_empty() && value != "0", "{raw}");
+    // It holds there: more replicas do not change the total in flight.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(replicas(&deployments, "web").await.0, 3);
+
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    println!(
+        "load: {} ok, {} failed",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed while scaling out"
+    );
+    eventually("web back to minReplicaCount 1", 180, || async {
+        replicas(&deployments, "web").await.0 == 1
+    })
+    .await;
+}
