@@ -85,6 +85,9 @@ struct Workload {
     lag_ms: i64,
     /// Whether anything is in flight or held right now; watchers hear each change.
     busy: watch::Sender<bool>,
+    /// Since when the ring's whole length holds data (it may have grown since this process
+    /// started).
+    history_from_ms: i64,
 }
 
 impl Workload {
@@ -96,6 +99,7 @@ impl Workload {
             last_request_ms: None,
             lag_ms: 1000,
             busy: watch::Sender::new(false),
+            history_from_ms: i64::MIN,
         }
     }
 
@@ -133,8 +137,8 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(settings: Settings) -> Self {
-        let ring_seconds =
-            u32::try_from(settings.max_window_ms.div_euclid(1000)).unwrap_or(u32::MAX);
+        // A ring starts as long as the stable window and grows when a trigger asks for more.
+        let ring_seconds = u32::try_from(settings.stable_ms.div_euclid(1000)).unwrap_or(u32::MAX);
         Self {
             settings,
             ring_seconds,
@@ -310,12 +314,18 @@ impl Registry {
         let Some(workload) = self.existing(key) else {
             return 0.0;
         };
-        let w = lock(&workload);
+        let mut w = lock(&workload);
+        let window_ms = window_ms.clamp(1000, self.settings.max_window_ms);
+        let seconds = u32::try_from(window_ms.div_euclid(1000)).unwrap_or(u32::MAX);
+        if seconds > w.ring.capacity() {
+            // The older seconds of the longer window were never kept: until they pass, average
+            // over what the ring held.
+            w.history_from_ms = now_ms - i64::from(w.ring.capacity()) * 1000;
+            w.ring.grow(seconds);
+        }
         let end = now_ms - w.lag_ms;
-        let since = self.settings.started_ms;
-        let stable = w
-            .ring
-            .window(end, window_ms.min(self.settings.max_window_ms), since);
+        let since = self.settings.started_ms.max(w.history_from_ms);
+        let stable = w.ring.window(end, window_ms, since);
         match metric {
             Metric::RequestRate => stable.request_rate,
             Metric::Concurrency => {

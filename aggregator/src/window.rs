@@ -55,6 +55,29 @@ impl Ring {
         }
     }
 
+    /// How many whole seconds of history it keeps.
+    pub fn capacity(&self) -> u32 {
+        u32::try_from(self.slots.len().saturating_sub(2)).unwrap_or(u32::MAX)
+    }
+
+    /// Grows the ring to hold `seconds`, keeping what it has. Workloads start with the stable
+    /// window's length and grow only when a trigger asks for a longer window: most never do, and a
+    /// second of history costs 32 bytes per workload.
+    pub fn grow(&mut self, seconds: u32) {
+        if seconds <= self.capacity() {
+            return;
+        }
+        let mut bigger = Ring::new(seconds);
+        for b in self
+            .slots
+            .iter()
+            .filter(|b| b.second != 0 || b.concurrency_ms != 0.0 || b.requests != 0.0)
+        {
+            *bigger.slot(b.second) = *b;
+        }
+        *self = bigger;
+    }
+
     fn seconds_held(&self) -> i64 {
         i64::try_from(self.slots.len()).unwrap_or(i64::MAX)
     }
@@ -229,6 +252,20 @@ mod tests {
             1000,
         );
         assert!(close(ring.window(1000, 1000, 0).concurrency, 2.0));
+    }
+
+    #[test]
+    fn growing_keeps_history() {
+        let mut ring = Ring::new(5);
+        ring.add(sample(10_000, 1000, 2.0, 2.0), 11_000);
+        ring.grow(60);
+        assert_eq!(ring.capacity(), 60);
+        assert!(close(ring.window(11_000, 1000, 0).concurrency, 2.0));
+        ring.add(sample(40_000, 1000, 4.0, 0.0), 41_000);
+        assert!(close(
+            ring.window(41_000, 31_000, 0).concurrency,
+            6.0 / 31.0
+        ));
     }
 
     #[test]
