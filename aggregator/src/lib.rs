@@ -21,6 +21,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod registry;
 pub mod scaler;
+pub mod traffic;
 pub mod validate;
 pub mod window;
 

@@ -12,6 +12,7 @@ use inflight_proto::v1::{
 };
 use tokio::sync::watch;
 
+use crate::traffic::{self, PodTraffic, Traffic};
 use crate::validate::{self, Rejection};
 use crate::window::{with_burst, Ring, Sample};
 
@@ -65,13 +66,15 @@ pub enum Metric {
 /// A pod missing this many of its report intervals is dropped.
 pub const MISSED_INTERVALS: i64 = 3;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Member {
     /// When its latest report arrived (local clock).
     seen_ms: i64,
     interval_ms: u32,
     /// In flight (pods) or held (activators) at its latest report.
     now: u32,
+    /// For the SMI API: allocated when the pod first serves a request.
+    traffic: Option<Box<PodTraffic>>,
 }
 
 #[derive(Debug)]
@@ -196,14 +199,21 @@ impl Registry {
             w.saw_requests(end_ms);
         }
         w.lag_ms = w.lag_ms.max(i64::from(interval.length_ms));
-        w.pods.insert(
-            pod.pod.clone(),
-            Member {
-                seen_ms: now_ms,
-                interval_ms: interval.length_ms,
-                now: report.in_flight,
-            },
-        );
+        let member = w.pods.entry(pod.pod.clone()).or_insert_with(|| Member {
+            seen_ms: now_ms,
+            interval_ms: interval.length_ms,
+            now: 0,
+            traffic: None,
+        });
+        member.seen_ms = now_ms;
+        member.interval_ms = interval.length_ms;
+        member.now = report.in_flight;
+        if traffic::has_traffic(report) {
+            member
+                .traffic
+                .get_or_insert_with(Box::default)
+                .add(report, end_ms);
+        }
         w.refresh_busy();
         Ok(())
     }
@@ -241,6 +251,7 @@ impl Registry {
                     seen_ms: now_ms,
                     interval_ms: interval.length_ms,
                     now: held.held,
+                    traffic: None,
                 },
             );
             w.refresh_busy();
@@ -368,6 +379,100 @@ impl Registry {
             c.activators += w.activators.len();
         }
         c
+    }
+
+    /// A pod's traffic over `[now - window, now)`, if the pod reports.
+    pub fn pod_traffic(
+        &self,
+        namespace: &str,
+        pod: &str,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Option<Traffic> {
+        let key = lock(&self.pods)
+            .get(&(namespace.to_owned(), pod.to_owned()))?
+            .clone();
+        let workload = self.existing(&key)?;
+        let w = lock(&workload);
+        let member = w.pods.get(pod)?;
+        Some(
+            member
+                .traffic
+                .as_ref()
+                .map_or_else(Traffic::default, |t| t.window(now_ms, window_ms)),
+        )
+    }
+
+    /// A workload's traffic (its reporting pods added up), if it has pods.
+    pub fn workload_traffic(
+        &self,
+        key: &WorkloadKey,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Option<Traffic> {
+        let workload = self.existing(key)?;
+        let w = lock(&workload);
+        if w.pods.is_empty() {
+            return None;
+        }
+        let mut total = Traffic::default();
+        for t in w.pods.values().filter_map(|m| m.traffic.as_ref()) {
+            total.add(&t.window(now_ms, window_ms));
+        }
+        Some(total)
+    }
+
+    /// A namespace's traffic (every reporting pod in it), if it has any.
+    pub fn namespace_traffic(
+        &self,
+        namespace: &str,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Option<Traffic> {
+        let keys = self.workloads_in(Some(namespace), None);
+        let mut total: Option<Traffic> = None;
+        for key in keys {
+            if let Some(t) = self.workload_traffic(&key, window_ms, now_ms) {
+                total.get_or_insert_with(Traffic::default).add(&t);
+            }
+        }
+        total
+    }
+
+    /// Workloads with reporting pods, in `namespace` (or all) and of `kind` (or any), sorted.
+    pub fn workloads_in(&self, namespace: Option<&str>, kind: Option<&str>) -> Vec<WorkloadKey> {
+        let mut keys: Vec<WorkloadKey> = read(&self.workloads)
+            .iter()
+            .filter(|(k, _)| {
+                namespace.is_none_or(|ns| k.namespace == ns) && kind.is_none_or(|kd| k.kind == kd)
+            })
+            .filter(|(_, w)| !lock(w).pods.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Reporting pods, as (namespace, pod), in `namespace` (or all), sorted.
+    pub fn pods_in(&self, namespace: Option<&str>) -> Vec<(String, String)> {
+        let mut pods: Vec<(String, String)> = lock(&self.pods)
+            .keys()
+            .filter(|(ns, _)| namespace.is_none_or(|n| ns == n))
+            .cloned()
+            .collect();
+        pods.sort();
+        pods
+    }
+
+    /// Namespaces with reporting pods, sorted.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut namespaces: Vec<String> = self
+            .workloads_in(None, None)
+            .into_iter()
+            .map(|k| k.namespace)
+            .collect();
+        namespaces.dedup();
+        namespaces
     }
 
     /// Pods currently tracked for a workload (their names).
