@@ -13,6 +13,15 @@ pub struct Config {
     /// gRPC: KEDA's `externalscaler.ExternalScaler` and inflight's `Ingest`.
     #[arg(long, env = "INFLIGHT_GRPC_LISTEN", default_value = "0.0.0.0:9090")]
     pub grpc_listen: SocketAddr,
+    /// HTTPS: the SMI Traffic Metrics API, for the API server's aggregation layer.
+    #[arg(long, env = "INFLIGHT_SMI_LISTEN", default_value = "0.0.0.0:6443")]
+    pub smi_listen: SocketAddr,
+    /// Serving certificate (PEM) of the SMI API; without it a self-signed one is made at start.
+    #[arg(long, env = "INFLIGHT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "INFLIGHT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// `/metrics`, `/healthz`, `/readyz`.
     #[arg(long, env = "INFLIGHT_ADMIN_LISTEN", default_value = "0.0.0.0:15093")]
     pub admin_listen: SocketAddr,

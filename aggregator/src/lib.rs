@@ -21,6 +21,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod registry;
 pub mod scaler;
+pub mod smi;
 pub mod traffic;
 pub mod validate;
 pub mod window;
@@ -59,8 +60,28 @@ pub async fn run(
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .map_err(|e| anyhow::anyhow!("--admin-listen {}: {e}", config.admin_listen))?;
-    tracing::info!(grpc = %grpc.local_addr()?, admin = %admin.local_addr()?, "inflight-aggregator serving");
+    let smi = TcpListener::bind(config.smi_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("--smi-listen {}: {e}", config.smi_listen))?;
+    let identity = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => smi::Identity {
+            cert_pem: std::fs::read_to_string(cert)
+                .map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", cert.display()))?,
+            key_pem: std::fs::read_to_string(key)
+                .map_err(|e| anyhow::anyhow!("--tls-key {}: {e}", key.display()))?,
+        },
+        _ => smi::Identity::self_signed(vec!["inflight-aggregator".into(), "localhost".into()])
+            .map_err(anyhow::Error::msg)?,
+    };
+    // In a pod: its service account; on a workstation: KUBECONFIG. Without either the SMI API
+    // refuses every caller (it cannot authenticate them); scaling works regardless.
+    let kube = kube::Client::try_default().await.ok();
+    tracing::info!(
+        grpc = %grpc.local_addr()?, smi = %smi.local_addr()?, admin = %admin.local_addr()?,
+        kubernetes = kube.is_some(), "inflight-aggregator serving"
+    );
     tokio::spawn(admin::serve(admin, Arc::new(prometheus)));
+    tokio::spawn(smi::serve(smi, identity, registry.clone(), kube));
 
     let sweeper = {
         let (registry, metrics) = (registry.clone(), metrics.clone());

@@ -160,14 +160,17 @@ pub fn status(code: u16, reason: &str, message: &str) -> serde_json::Value {
                        "message": message, "reason": reason, "code": code})
 }
 
-/// A duration in seconds as a Kubernetes quantity, the way the spec writes latencies (`10m` for
-/// ten milliseconds): whole milli-units, or whole units when exact.
+/// A duration in seconds as a Kubernetes quantity in canonical form, the way the spec writes
+/// latencies (`10m` is ten milliseconds): whole seconds, else milli-units, else micro-units.
 pub fn seconds_quantity(seconds: f64) -> String {
-    let millis = (seconds * 1000.0).round();
-    if millis % 1000.0 == 0.0 {
-        format!("{}", millis / 1000.0)
+    #[allow(clippy::cast_possible_truncation)]
+    let micros = (seconds * 1e6).round() as i64;
+    if micros % 1_000_000 == 0 {
+        format!("{}", micros / 1_000_000)
+    } else if micros % 1000 == 0 {
+        format!("{}m", micros / 1000)
     } else {
-        format!("{millis}m")
+        format!("{micros}u")
     }
 }
 
@@ -208,7 +211,9 @@ mod tests {
     #[test]
     fn latencies_are_quantities() {
         assert_eq!(seconds_quantity(0.010), "10m");
-        assert_eq!(seconds_quantity(0.0004), "0");
+        assert_eq!(seconds_quantity(0.0004), "400u");
+        assert_eq!(seconds_quantity(0.00275), "2750u");
+        assert_eq!(seconds_quantity(0.0), "0");
         assert_eq!(seconds_quantity(2.0), "2");
         assert_eq!(seconds_quantity(1.5), "1500m");
     }

@@ -1,0 +1,402 @@
+//! The paths of the SMI Traffic Metrics API (those smi-metrics served) and the documents they
+//! answer with, built from the registry's figures.
+
+use std::time::{Duration, SystemTime};
+
+use smi_types::{
+    Direction, Edge, Metric, ObjectMeta, ObjectReference, Side, TrafficMetrics, TrafficMetricsList,
+    GROUP, GROUP_VERSION, RESOURCES,
+};
+
+use crate::registry::{Registry, WorkloadKey};
+use crate::traffic::{Traffic, MAX_WINDOW_MS};
+
+/// The default `?t=` window, as smi-metrics had it.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
+
+/// What a path asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    GroupList,
+    Group,
+    ResourceList,
+    /// A list of a resource kind (plural), in a namespace or across all of them.
+    List {
+        plural: String,
+        namespace: Option<String>,
+    },
+    Get {
+        plural: String,
+        namespace: Option<String>,
+        name: String,
+    },
+    Edges {
+        plural: String,
+        namespace: Option<String>,
+        name: String,
+    },
+}
+
+impl Route {
+    /// Parses a request path; `None` is a 404.
+    pub fn parse(path: &str) -> Option<Self> {
+        let rest = path.trim_end_matches('/');
+        if rest == "/apis" {
+            return Some(Self::GroupList);
+        }
+        let rest = rest.strip_prefix("/apis/")?;
+        if rest == GROUP {
+            return Some(Self::Group);
+        }
+        let rest = rest.strip_prefix(GROUP_VERSION)?;
+        let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+        let known = |p: &str| RESOURCES.iter().any(|(plural, _, _)| *plural == p);
+        let own = |s: &str| s.to_owned();
+        Some(match parts.as_slice() {
+            [] => Self::ResourceList,
+            ["namespaces"] => Self::List {
+                plural: own("namespaces"),
+                namespace: None,
+            },
+            ["namespaces", ns] => Self::Get {
+                plural: own("namespaces"),
+                namespace: None,
+                name: own(ns),
+            },
+            ["namespaces", ns, "edges"] => Self::Edges {
+                plural: own("namespaces"),
+                namespace: None,
+                name: own(ns),
+            },
+            [plural] if known(plural) => Self::List {
+                plural: own(plural),
+                namespace: None,
+            },
+            ["namespaces", ns, plural] if known(plural) && *plural != "namespaces" => Self::List {
+                plural: own(plural),
+                namespace: Some(own(ns)),
+            },
+            ["namespaces", ns, plural, name] if known(plural) && *plural != "namespaces" => {
+                Self::Get {
+                    plural: own(plural),
+                    namespace: Some(own(ns)),
+                    name: own(name),
+                }
+            }
+            ["namespaces", ns, plural, name, "edges"]
+                if known(plural) && *plural != "namespaces" =>
+            {
+                Self::Edges {
+                    plural: own(plural),
+                    namespace: Some(own(ns)),
+                    name: own(name),
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    /// What RBAC is asked about it. Discovery needs authentication only, as the API server's
+    /// `system:discovery` role grants it to everyone.
+    pub fn attributes(&self) -> Option<Attributes<'_>> {
+        let (resource, subresource, verb, namespace, name) = match self {
+            Self::GroupList | Self::Group | Self::ResourceList => return None,
+            Self::List { plural, namespace } => (plural, "", "list", namespace, None),
+            Self::Get {
+                plural,
+                namespace,
+                name,
+            } => (plural, "", "get", namespace, Some(name.as_str())),
+            Self::Edges {
+                plural,
+                namespace,
+                name,
+            } => (plural, "edges", "get", namespace, Some(name.as_str())),
+        };
+        Some(Attributes {
+            resource,
+            subresource,
+            verb,
+            namespace: namespace.as_deref(),
+            name,
+        })
+    }
+}
+
+/// A SubjectAccessReview's resource attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attributes<'a> {
+    pub resource: &'a str,
+    pub subresource: &'a str,
+    pub verb: &'a str,
+    pub namespace: Option<&'a str>,
+    pub name: Option<&'a str>,
+}
+
+/// `Kind` of a plural (`pods` → `Pod`).
+pub fn kind_of(plural: &str) -> &'static str {
+    RESOURCES
+        .iter()
+        .find(|(p, _, _)| *p == plural)
+        .map_or("", |(_, k, _)| k)
+}
+
+/// The workload kind the registry keys by (`deployments` → `deployment`).
+fn workload_kind(plural: &str) -> Option<&'static str> {
+    match plural {
+        "deployments" => Some("deployment"),
+        "statefulsets" => Some("statefulset"),
+        "daemonsets" => Some("daemonset"),
+        _ => None,
+    }
+}
+
+/// `?t=` as a window: `30s`, `1m`, or seconds; at most what pods keep.
+pub fn window(query: Option<&str>) -> Result<Duration, String> {
+    let Some(t) = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("t="))) else {
+        return Ok(DEFAULT_WINDOW);
+    };
+    let d = t
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .or_else(|_| humantime::parse_duration(t))
+        .map_err(|e| format!("t={t}: {e}"))?;
+    let max = Duration::from_millis(u64::try_from(MAX_WINDOW_MS).unwrap_or(60_000));
+    if d.is_zero() || d > max {
+        return Err(format!(
+            "t={t}: the window must be between 1s and {}",
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+/// Builds the documents of one request.
+#[derive(Debug)]
+pub struct Answer<'a> {
+    pub registry: &'a Registry,
+    pub window: Duration,
+    pub now: SystemTime,
+}
+
+impl Answer<'_> {
+    fn now_ms(&self) -> i64 {
+        self.now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    fn window_ms(&self) -> i64 {
+        i64::try_from(self.window.as_millis()).unwrap_or(MAX_WINDOW_MS)
+    }
+
+    /// The traffic of one object, `None` when nothing of it reports.
+    pub fn traffic(&self, plural: &str, namespace: Option<&str>, name: &str) -> Option<Traffic> {
+        let (w, now) = (self.window_ms(), self.now_ms());
+        match (plural, namespace) {
+            ("namespaces", _) => self.registry.namespace_traffic(name, w, now),
+            ("pods", Some(ns)) => self.registry.pod_traffic(ns, name, w, now),
+            (p, Some(ns)) => {
+                let kind = workload_kind(p)?;
+                self.registry
+                    .workload_traffic(&WorkloadKey::new(ns, kind, name), w, now)
+            }
+            _ => None,
+        }
+    }
+
+    /// The objects of a kind that report, as (namespace, name).
+    pub fn names(&self, plural: &str, namespace: Option<&str>) -> Vec<(Option<String>, String)> {
+        match plural {
+            "namespaces" => self
+                .registry
+                .namespaces()
+                .into_iter()
+                .map(|n| (None, n))
+                .collect(),
+            "pods" => self
+                .registry
+                .pods_in(namespace)
+                .into_iter()
+                .map(|(ns, p)| (Some(ns), p))
+                .collect(),
+            p => workload_kind(p).map_or_else(Vec::new, |kind| {
+                self.registry
+                    .workloads_in(namespace, Some(kind))
+                    .into_iter()
+                    .map(|k| (Some(k.namespace), k.name))
+                    .collect()
+            }),
+        }
+    }
+
+    /// One `TrafficMetrics`: all the traffic the object received (edge from any source, observed
+    /// at the server side: the pods' own proxies).
+    pub fn metrics(
+        &self,
+        plural: &str,
+        namespace: Option<&str>,
+        name: &str,
+        traffic: &Traffic,
+    ) -> TrafficMetrics {
+        let mut metrics = Vec::new();
+        for (label, q) in [
+            ("p99_response_latency", 0.99),
+            ("p90_response_latency", 0.90),
+            ("p50_response_latency", 0.5),
+        ] {
+            if let Some(seconds) = traffic.quantile(q) {
+                metrics.push(Metric {
+                    name: label.into(),
+                    unit: Some("seconds".into()),
+                    value: smi_types::seconds_quantity(seconds),
+                });
+            }
+        }
+        metrics.push(Metric {
+            name: "success_count".into(),
+            unit: None,
+            value: traffic.success.to_string(),
+        });
+        metrics.push(Metric {
+            name: "failure_count".into(),
+            unit: None,
+            value: traffic.failure.to_string(),
+        });
+        let resource = ObjectReference {
+            kind: kind_of(plural).into(),
+            namespace: namespace.unwrap_or_default().into(),
+            name: name.into(),
+        };
+        let timestamp = humantime::format_rfc3339_seconds(self.now).to_string();
+        TrafficMetrics {
+            kind: "TrafficMetrics".into(),
+            api_version: GROUP_VERSION.into(),
+            metadata: ObjectMeta {
+                name: name.into(),
+                namespace: namespace.unwrap_or_default().into(),
+                creation_timestamp: timestamp.clone(),
+            },
+            timestamp,
+            window: humantime::format_duration(self.window).to_string(),
+            resource,
+            edge: Some(Edge {
+                direction: Direction::From,
+                side: Side::Server,
+                resource: ObjectReference::default(),
+            }),
+            metrics,
+        }
+    }
+
+    /// A list of a kind, keeping only `names` when a label selector narrowed them.
+    pub fn list(
+        &self,
+        plural: &str,
+        namespace: Option<&str>,
+        only: Option<&[String]>,
+        selector: Option<smi_types::LabelSelector>,
+    ) -> TrafficMetricsList {
+        let items = self
+            .names(plural, namespace)
+            .into_iter()
+            .filter(|(_, name)| only.is_none_or(|o| o.contains(name)))
+            .filter_map(|(ns, name)| {
+                let t = self.traffic(plural, ns.as_deref(), &name)?;
+                Some(self.metrics(plural, ns.as_deref(), &name, &t))
+            })
+            .collect();
+        let resource = ObjectReference {
+            kind: kind_of(plural).into(),
+            namespace: namespace.unwrap_or_default().into(),
+            name: String::new(),
+        };
+        TrafficMetricsList::new(resource, selector, items)
+    }
+
+    /// The edges of one object. Sidecars see the traffic they serve, not who sent it, so there is
+    /// one edge: from any source, observed at the server side.
+    pub fn edges(
+        &self,
+        plural: &str,
+        namespace: Option<&str>,
+        name: &str,
+        traffic: &Traffic,
+    ) -> TrafficMetricsList {
+        let resource = ObjectReference {
+            kind: kind_of(plural).into(),
+            namespace: namespace.unwrap_or_default().into(),
+            name: name.into(),
+        };
+        TrafficMetricsList::new(
+            resource,
+            None,
+            vec![self.metrics(plural, namespace, name, traffic)],
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        let p = |s: &str| Route::parse(s);
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(p("/apis"), Some(Route::GroupList));
+        assert_eq!(p("/apis/metrics.smi-spec.io"), Some(Route::Group));
+        assert_eq!(
+            p("/apis/metrics.smi-spec.io/v1alpha1/"),
+            Some(Route::ResourceList)
+        );
+        assert_eq!(
+            p("/apis/metrics.smi-spec.io/v1alpha1/namespaces"),
+            Some(Route::List {
+                plural: "namespaces".into(),
+                namespace: None
+            })
+        );
+        assert_eq!(
+            p("/apis/metrics.smi-spec.io/v1alpha1/namespaces/shop"),
+            Some(Route::Get {
+                plural: "namespaces".into(),
+                namespace: None,
+                name: "shop".into()
+            })
+        );
+        assert_eq!(
+            p("/apis/metrics.smi-spec.io/v1alpha1/pods"),
+            Some(Route::List {
+                plural: "pods".into(),
+                namespace: None
+            })
+        );
+        assert_eq!(
+            p("/apis/metrics.smi-spec.io/v1alpha1/namespaces/shop/deployments/web/edges"),
+            Some(Route::Edges {
+                plural: "deployments".into(),
+                namespace: some("shop"),
+                name: "web".into()
+            })
+        );
+        assert_eq!(
+            p("/apis/metrics.smi-spec.io/v1alpha1/namespaces/shop/services"),
+            None
+        );
+        assert_eq!(p("/apis/metrics.smi-spec.io/v1beta1"), None);
+        assert_eq!(p("/healthz"), None);
+    }
+
+    #[test]
+    fn windows() {
+        assert_eq!(window(None), Ok(DEFAULT_WINDOW));
+        assert_eq!(window(Some("t=1m")), Ok(Duration::from_secs(60)));
+        assert_eq!(
+            window(Some("labelSelector=a%3Db&t=10")),
+            Ok(Duration::from_secs(10))
+        );
+        assert!(window(Some("t=2h")).is_err());
+        assert!(window(Some("t=soon")).is_err());
+    }
+}
