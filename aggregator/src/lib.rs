@@ -5,6 +5,8 @@
 //! - [`validate`]: what makes a report contradict itself;
 //! - [`ingest`]: the `Ingest` report streams;
 //! - [`scaler`]: KEDA's `ExternalScaler`, with the trigger metadata it understands;
+//! - [`smi`]: the SMI Traffic Metrics API for the aggregation layer;
+//! - [`otlp`]: OTLP metrics out, when asked for;
 //! - [`metrics`], [`admin`]: its own figures.
 
 use std::future::Future;
@@ -19,6 +21,7 @@ pub mod admin;
 pub mod config;
 pub mod ingest;
 pub mod metrics;
+pub mod otlp;
 pub mod registry;
 pub mod scaler;
 pub mod smi;
@@ -82,6 +85,10 @@ pub async fn run(
     );
     tokio::spawn(admin::serve(admin, Arc::new(prometheus)));
     tokio::spawn(smi::serve(smi, identity, registry.clone(), kube));
+    if let Some(settings) = otlp::Settings::from_env(|k| std::env::var(k).ok()) {
+        tracing::info!(endpoint = %settings.endpoint, interval = ?settings.interval, "exporting OTLP metrics");
+        tokio::spawn(otlp::run(settings, registry.clone()));
+    }
 
     let sweeper = {
         let (registry, metrics) = (registry.clone(), metrics.clone());

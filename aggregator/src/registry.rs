@@ -91,6 +91,33 @@ struct Workload {
     /// Since when the ring's whole length holds data (it may have grown since this process
     /// started).
     history_from_ms: i64,
+    /// Every latency reported since this process started, for OTLP's cumulative histogram.
+    durations: Durations,
+}
+
+/// A cumulative latency histogram (bucket counts as in `LATENCY_BOUNDS_SECONDS`, plus +Inf).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Durations {
+    pub counts: [u64; inflight_proto::LATENCY_BOUNDS_SECONDS.len() + 1],
+    pub sum_seconds: f64,
+}
+
+impl Default for Durations {
+    fn default() -> Self {
+        Self {
+            counts: [0; inflight_proto::LATENCY_BOUNDS_SECONDS.len() + 1],
+            sum_seconds: 0.0,
+        }
+    }
+}
+
+/// One workload's figures for OTLP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Export {
+    pub workload: WorkloadKey,
+    /// Requests in flight now, over its pods' latest reports.
+    pub active: u64,
+    pub durations: Durations,
 }
 
 impl Workload {
@@ -103,6 +130,7 @@ impl Workload {
             lag_ms: 1000,
             busy: watch::Sender::new(false),
             history_from_ms: i64::MIN,
+            durations: Durations::default(),
         }
     }
 
@@ -199,6 +227,12 @@ impl Registry {
             w.saw_requests(end_ms);
         }
         w.lag_ms = w.lag_ms.max(i64::from(interval.length_ms));
+        if let Some(h) = &report.latency {
+            for (total, c) in w.durations.counts.iter_mut().zip(&h.counts) {
+                *total += c;
+            }
+            w.durations.sum_seconds += h.sum_seconds;
+        }
         let member = w.pods.entry(pod.pod.clone()).or_insert_with(|| Member {
             seen_ms: now_ms,
             interval_ms: interval.length_ms,
@@ -473,6 +507,23 @@ impl Registry {
             .collect();
         namespaces.dedup();
         namespaces
+    }
+
+    /// Every workload with pods: requests in flight now and the cumulative latency histogram.
+    pub fn export(&self) -> Vec<Export> {
+        let mut out: Vec<Export> = read(&self.workloads)
+            .iter()
+            .filter_map(|(key, w)| {
+                let w = lock(w);
+                (!w.pods.is_empty()).then(|| Export {
+                    workload: key.clone(),
+                    active: w.pods.values().map(|m| u64::from(m.now)).sum(),
+                    durations: w.durations.clone(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.workload.cmp(&b.workload));
+        out
     }
 
     /// Pods currently tracked for a workload (their names).

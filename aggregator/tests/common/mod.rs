@@ -26,8 +26,13 @@ impl Aggregator {
     }
 
     pub fn start_on(grpc: SocketAddr, extra: &[&str]) -> Self {
+        Self::start_with_env(grpc, extra, &[])
+    }
+
+    pub fn start_with_env(grpc: SocketAddr, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = Command::new(env!("CARGO_BIN_EXE_inflight-aggregator"))
+            .envs(env.iter().copied())
             .args([
                 "--grpc-listen",
                 &grpc.to_string(),
