@@ -297,3 +297,52 @@ async fn a_thousand_sidecars_expiry_restart_and_bad_reports() {
         "no workload made by a refused report"
     );
 }
+
+/// HA: two aggregators, every sidecar reporting to each (as the proxy does for every address a
+/// headless Service resolves to): either one gives KEDA the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_give_the_same_answers() {
+    let t0 = now_ms() - 2000;
+    let a = Aggregator::start(&[]);
+    let b = Aggregator::start(&[]);
+    let (_stop, rx) = watch::channel(false);
+    for i in 0..40 {
+        let w = format!("w{}", i % 4);
+        let c = f64::from(i % 5);
+        for url in [a.url(), b.url()] {
+            tokio::spawn(sidecar(
+                url,
+                format!("pod-{i}"),
+                w.clone(),
+                t0,
+                c,
+                rx.clone(),
+            ));
+        }
+    }
+    for agg in [&a, &b] {
+        eventually("40 pods on each replica", 30, async || {
+            agg.metric("inflight_aggregator_pods").await == Some(40.0)
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut sa = ExternalScalerClient::connect(a.url()).await.unwrap();
+    let mut sb = ExternalScalerClient::connect(b.url()).await.unwrap();
+    for w in 0..4 {
+        let name = format!("w{w}");
+        let (va, vb) = (value(&mut sa, &name).await, value(&mut sb, &name).await);
+        // Each pod reports i % 5; the ten pods of w{w} sum to 20 whichever the workload.
+        assert!((va - 20.0).abs() <= 1.0, "{name} on replica a: {va}");
+        assert!(
+            (va - vb).abs() <= 0.02 * va.max(1.0),
+            "{name}: replica a {va}, replica b {vb}"
+        );
+        let active = |s: &mut ExternalScalerClient<tonic::transport::Channel>| {
+            let r = reference(&name, "300s");
+            let mut s = s.clone();
+            async move { s.is_active(r).await.unwrap().into_inner().result }
+        };
+        assert_eq!(active(&mut sa).await, active(&mut sb).await);
+    }
+}

@@ -39,6 +39,9 @@ impl Aggregator {
                 "--admin-listen",
                 &admin.to_string(),
             ])
+            // Tests run side by side: the SMI API on a port of its own, and no cluster.
+            .args(["--smi-listen", &format!("127.0.0.1:{}", free_port())])
+            .env_remove("KUBECONFIG")
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
