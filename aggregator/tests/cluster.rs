@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -50,21 +51,66 @@ async fn replicas(deployments: &Api<Deployment>, name: &str) -> (i32, i32) {
     )
 }
 
-fn aggregator_manifests() -> serde_json::Value {
+/// Two aggregator replicas with what an extension API server needs for the SMI API: a serving
+/// certificate for its Service name, RBAC to read the requestheader CA, to review access and to
+/// list objects for label selectors, and the APIService.
+fn aggregator_manifests(tb: &TestBed) -> serde_json::Value {
+    let ns = tb.namespace();
+    let (cert, key) = inflight_testbed::pki::serving_cert(
+        tb.layout(),
+        &[format!("inflight-aggregator.{ns}.svc")],
+    )
+    .unwrap();
+    let ca = std::fs::read(tb.layout().pki().join("ca.crt")).unwrap();
+    let sa = serde_json::json!([{"kind": "ServiceAccount", "name": "inflight-aggregator", "namespace": ns}]);
     serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "inflight-aggregator"}},
+        {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": {"name": "inflight-aggregator-tls"},
+         "stringData": {"tls.crt": cert, "tls.key": key}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": format!("inflight-aggregator-{ns}-auth-delegator")},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+         "subjects": sa},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": format!("inflight-aggregator-{ns}")},
+         "rules": [{"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["list"]},
+                   {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets"], "verbs": ["list"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": format!("inflight-aggregator-{ns}")},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("inflight-aggregator-{ns}")},
+         "subjects": sa},
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "inflight-aggregator"},
          "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "inflight-aggregator"}},
-           "template": {"metadata": {"labels": {"app": "inflight-aggregator"}}, "spec": {"containers": [{
-             "name": "aggregator", "image": image_ref("inflight-aggregator"), "imagePullPolicy": "Never",
-             "ports": [{"containerPort": 9090, "name": "grpc"}, {"containerPort": 15093, "name": "admin"}],
-             "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15093}, "periodSeconds": 1}}]}}}},
-        // KEDA talks to either replica: both hold every report.
+           "template": {"metadata": {"labels": {"app": "inflight-aggregator"}}, "spec": {
+             "serviceAccountName": "inflight-aggregator",
+             "containers": [{
+               "name": "aggregator", "image": image_ref("inflight-aggregator"), "imagePullPolicy": "Never",
+               "args": ["--tls-cert", "/tls/tls.crt", "--tls-key", "/tls/tls.key"],
+               "ports": [{"containerPort": 9090, "name": "grpc"}, {"containerPort": 6443, "name": "smi"},
+                         {"containerPort": 15093, "name": "admin"}],
+               "volumeMounts": [{"name": "tls", "mountPath": "/tls", "readOnly": true}],
+               "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15093}, "periodSeconds": 1}}],
+             "volumes": [{"name": "tls", "secret": {"secretName": "inflight-aggregator-tls"}}]}}}},
+        // KEDA and the API server talk to either replica: both hold every report.
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator"},
-         "spec": {"selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}},
+         "spec": {"selector": {"app": "inflight-aggregator"},
+                  "ports": [{"name": "grpc", "port": 9090}, {"name": "smi", "port": 443, "targetPort": 6443}]}},
         // Sidecars resolve every replica's address and report to each.
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator-ingest"},
-         "spec": {"clusterIP": "None", "selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}}
+         "spec": {"clusterIP": "None", "selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}},
+        {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": "v1alpha1.metrics.smi-spec.io"},
+         "spec": {"group": "metrics.smi-spec.io", "version": "v1alpha1", "groupPriorityMinimum": 1000, "versionPriority": 15,
+                  "service": {"namespace": ns, "name": "inflight-aggregator", "port": 443},
+                  "caBundle": base64::engine::general_purpose::STANDARD.encode(ca)}}
     ]})
+}
+
+/// Reading the requestheader CA: a RoleBinding in kube-system (applied without the test's
+/// namespace, which kubectl would otherwise insist on).
+fn requestheader_reader(ns: &str) -> serde_json::Value {
+    let sa = serde_json::json!([{"kind": "ServiceAccount", "name": "inflight-aggregator", "namespace": ns}]);
+    serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": format!("inflight-aggregator-{ns}"), "namespace": "kube-system"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "extension-apiserver-authentication-reader"},
+         "subjects": sa})
 }
 
 fn web_manifests(ns: &str) -> serde_json::Value {
@@ -106,7 +152,12 @@ fn web_manifests(ns: &str) -> serde_json::Value {
 async fn testbed_keda_scales_on_concurrency_through_the_aggregator() {
     let tb = TestBed::shared().await.unwrap();
     let ns = tb.namespace().to_owned();
-    apply(&tb, &aggregator_manifests());
+    let reader = std::env::temp_dir().join(format!("inflight-aggregator-rb-{ns}.json"));
+    std::fs::write(&reader, requestheader_reader(&ns).to_string()).unwrap();
+    inflight_testbed::kubectl_run(tb.layout(), &["apply", "-f", &reader.display().to_string()])
+        .unwrap();
+    let _ = std::fs::remove_file(&reader);
+    apply(&tb, &aggregator_manifests(&tb));
     let deployments: Api<Deployment> = Api::namespaced(tb.client(), &ns);
     eventually("2 aggregator replicas ready", 120, || async {
         replicas(&deployments, "inflight-aggregator").await.1 == 2
@@ -168,6 +219,37 @@ async fn testbed_keda_scales_on_concurrency_through_the_aggregator() {
         .to_owned();
     println!("external metric while loaded: {value}");
     assert!(!value.is_empty() && value != "0", "{raw}");
+    // The SMI API of the in-cluster aggregators, through the aggregation layer.
+    let mut smi = String::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        if let Ok(body) = tb.kubectl(&[
+            "get",
+            "--raw",
+            &format!("/apis/metrics.smi-spec.io/v1alpha1/namespaces/{ns}/deployments/web"),
+        ]) {
+            smi = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let tm: serde_json::Value =
+        serde_json::from_str(&smi).unwrap_or_else(|e| panic!("SMI API: {e}: {smi:?}"));
+    assert_eq!(tm["kind"], "TrafficMetrics", "{smi}");
+    assert_eq!(tm["resource"]["name"], "web");
+    let success = tm["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "success_count")
+        .unwrap()["value"]
+        .clone();
+    println!("SMI: deployments/web success_count {success} in the last 30 s");
+    assert!(
+        success.as_str().unwrap().parse::<u64>().unwrap() > 0,
+        "{smi}"
+    );
+
     // It holds there: more replicas do not change the total in flight.
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(replicas(&deployments, "web").await.0, 3);
