@@ -57,7 +57,12 @@ async fn main() -> anyhow::Result<()> {
             jitter,
         } => {
             let config = app::AppConfig { latency, jitter };
-            app::serve(listen, config, shutdown_signal()).await
+            app::serve(
+                listen,
+                config,
+                inflight_runtime::shutdown_signal("inflight-demo-app"),
+            )
+            .await
         }
         Command::Load {
             target,
@@ -73,23 +78,5 @@ async fn main() -> anyhow::Result<()> {
             count,
             timeout,
         } => get::run(&url, count, timeout).await,
-    }
-}
-
-/// As PID 1 of a container the kernel ignores SIGTERM unless the process
-/// handles it, so without this the pod would wait out its grace period.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(error) => {
-            eprintln!("inflight-demo-app: cannot watch SIGTERM ({error}); only Ctrl-C stops it");
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }

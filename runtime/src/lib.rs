@@ -1,0 +1,47 @@
+//! What every inflight binary does the same way, in one place.
+
+/// Logs at the level `RUST_LOG` asks (`info`, or `inflight_proxy=debug,h2=warn` style
+/// directives), JSON when `INFLIGHT_LOG_FORMAT=json`. `Targets` rather than `EnvFilter`: no
+/// binary needs regex-matched span fields, and leaving the regex engine out keeps the resident
+/// binaries small (the sidecar runs in every pod).
+pub fn init_tracing(binary: &str) {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+
+    let requested = std::env::var("RUST_LOG").unwrap_or_default();
+    let filter = match requested.parse::<Targets>() {
+        Ok(filter) if !requested.trim().is_empty() => filter,
+        Ok(_) => Targets::new().with_default(tracing::Level::INFO),
+        Err(error) => {
+            eprintln!("{binary}: ignoring RUST_LOG={requested:?}: {error}; logging at info");
+            Targets::new().with_default(tracing::Level::INFO)
+        }
+    };
+    let json = std::env::var("INFLIGHT_LOG_FORMAT").as_deref() == Ok("json");
+    let registry = tracing_subscriber::registry().with(filter);
+    if json {
+        registry
+            .with(tracing_subscriber::fmt::layer().json())
+            .init();
+    } else {
+        registry.with(tracing_subscriber::fmt::layer()).init();
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C. As PID 1 of a container the kernel ignores SIGTERM unless the
+/// process handles it, so without this a pod would wait out its whole grace period.
+pub async fn shutdown_signal(binary: &str) {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops {binary}");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
