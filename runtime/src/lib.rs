@@ -1,7 +1,8 @@
 //! What every inflight binary does the same way, in one place.
 
 /// Logs at the level `RUST_LOG` asks (`info`, or `inflight_proxy=debug,h2=warn` style
-/// directives), JSON when `INFLIGHT_LOG_FORMAT=json`. `Targets` rather than `EnvFilter`: no
+/// directives), JSON when `INFLIGHT_LOG_FORMAT=json`, to stderr (stdout stays for what a command
+/// prints, such as `inflight-testbed kubeconfig`). `Targets` rather than `EnvFilter`: no
 /// binary needs regex-matched span fields, and leaving the regex engine out keeps the resident
 /// binaries small (the sidecar runs in every pod).
 pub fn init_tracing(binary: &str) {
