@@ -17,13 +17,22 @@ use inflight_proto::externalscaler::external_scaler_client::ExternalScalerClient
 use inflight_proto::externalscaler::{GetMetricsRequest, ScaledObjectRef};
 use inflight_proto::v1::ingest_client::IngestClient;
 use inflight_proto::v1::{
-    report_request, Interval, PodIdentity, PodReport, ReportRequest, WorkloadRef,
+    report_request, Interval, LatencyHistogram, PodIdentity, PodReport, ReportRequest, Responses,
+    WorkloadRef,
 };
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
     args.windows(2)
         .find(|w| w[0] == name)
         .map_or(default.to_owned(), |w| w[1].clone())
+}
+
+fn latency_counts() -> Vec<u64> {
+    let mut counts = vec![0; inflight_proto::LATENCY_BOUNDS_SECONDS.len() + 1];
+    counts[6] = 12;
+    counts[9] = 7;
+    counts[12] = 1;
+    counts
 }
 
 fn report(pod: usize, workloads: usize, start_ms: i64) -> ReportRequest {
@@ -46,8 +55,17 @@ fn report(pod: usize, workloads: usize, start_ms: i64) -> ReportRequest {
             avg_concurrency: 1.5,
             in_flight: 1,
             requests: 20,
-            responses: None,
-            latency: None,
+            // As a serving pod reports: classes and a latency histogram (so the SMI figures of
+            // every pod are kept too, the costlier case for memory).
+            responses: Some(Responses {
+                class_2xx: 19,
+                class_5xx: 1,
+                ..Responses::default()
+            }),
+            latency: Some(LatencyHistogram {
+                counts: latency_counts(),
+                sum_seconds: 0.4,
+            }),
         })),
     }
 }
