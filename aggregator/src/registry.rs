@@ -722,6 +722,47 @@ mod tests {
     }
 
     #[test]
+    fn a_held_request_wakes_a_workload_at_zero() {
+        use inflight_proto::v1::{HeldReport, HeldWorkload};
+        let r = registry(T0 - 3_600_000);
+        let busy = r.watch_busy(&web());
+        assert!(!r.is_active(&web(), 300_000, T0));
+        let held = ReportRequest {
+            report: Some(report_request::Report::Held(HeldReport {
+                activator: Some(PodIdentity {
+                    namespace: "inflight".into(),
+                    pod: "activator-1".into(),
+                    ..PodIdentity::default()
+                }),
+                interval: Some(Interval {
+                    start_unix_ms: T0 - 1000,
+                    length_ms: 1000,
+                }),
+                workloads: vec![HeldWorkload {
+                    workload: Some(WorkloadRef {
+                        namespace: "shop".into(),
+                        kind: "deployment".into(),
+                        name: "web".into(),
+                    }),
+                    held: 2,
+                    avg_held: 1.5,
+                    arrived: 2,
+                }],
+            })),
+        };
+        r.apply(&held, T0).unwrap();
+        assert!(
+            busy.has_changed().unwrap(),
+            "StreamIsActive hears it at once"
+        );
+        assert!(r.is_active(&web(), 300_000, T0));
+        // Held requests count as concurrency (no pod runs yet).
+        let v = r.value(&web(), Metric::Concurrency, 60_000, T0 + 1000);
+        assert!(v > 0.0, "{v}");
+        assert_eq!(r.census().activators, 1);
+    }
+
+    #[test]
     fn silent_pods_expire_after_three_intervals() {
         let r = registry(T0);
         r.apply(&report("web-1", "deployment/web", T0, 1.0, 1, 1), T0 + 1000)
