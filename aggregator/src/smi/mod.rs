@@ -287,33 +287,12 @@ impl Server {
     }
 }
 
-/// `?labelSelector=`, percent-decoded.
+/// `?labelSelector=`, decoded.
 fn selector(query: Option<&str>) -> Option<String> {
-    let raw = query?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("labelSelector="))?;
-    let mut out = Vec::with_capacity(raw.len());
-    let bytes = raw.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                if let Some(b) = hex {
-                    out.push(b);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok().filter(|s| !s.is_empty())
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "labelSelector")
+        .map(|(_, v)| v.into_owned())
+        .filter(|s| !s.is_empty())
 }
 
 /// The equality terms of a selector, echoed as `matchLabels` (as the spec's example shows).

@@ -153,9 +153,15 @@ fn workload_kind(plural: &str) -> Option<&'static str> {
 
 /// `?t=` as a window: `30s`, `1m`, or seconds; at most what pods keep.
 pub fn window(query: Option<&str>) -> Result<Duration, String> {
-    let Some(t) = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("t="))) else {
+    let found = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "t")
+            .map(|(_, v)| v.into_owned())
+    });
+    let Some(t) = found else {
         return Ok(DEFAULT_WINDOW);
     };
+    let t = t.as_str();
     let d = t
         .parse::<u64>()
         .map(Duration::from_secs)
