@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The local demo on the embedded cluster: the test bed (real Kubernetes + KEDA built from Go
-# modules, see testbed/) comes up, the demo app runs as a Deployment of 2 pods with inflight-proxy
-# beside the app in each pod (added by hand until the injector exists), and a load that rises and
-# falls goes through the Service's ClusterIP while the live figures of one pod's proxy are printed
-# every second. By Little's law the requests in flight settle near rate x latency.
+# The local demo on the embedded cluster. The test bed (real Kubernetes + KEDA built from Go modules,
+# see testbed/) comes up; the aggregator runs in it; the demo app runs as a Deployment whose pods
+# carry inflight-proxy beside the app (added by hand until the injector exists); a KEDA ScaledObject
+# with an external-push trigger asks the aggregator. A load that rises and falls goes through the
+# Service, and every second the demo prints the requests in flight that KEDA sees and the replicas
+# KEDA and the HPA give the app: ceil(concurrency / target).
 # Needs root. The cluster stays up afterwards: `inflight-testbed down` removes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,8 +12,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inflight/target}"
 
 NS=inflight-demo
-LATENCY="${LATENCY:-100ms}"
-SCHEDULE="${SCHEDULE:-20:5s,200:10s,50:5s,0:3s}"
+LATENCY="${LATENCY:-200ms}"
+TARGET="${TARGET:-5}"
+SCHEDULE="${SCHEDULE:-20:15s,100:45s,10:40s}"
 
 step() { printf '\n== %s\n' "$*"; }
 # shellcheck source=lib/testbed.sh
@@ -25,10 +27,10 @@ if ! "$testbed" status | grep -q 'healthy: true'; then
 fi
 export KUBECONFIG
 KUBECONFIG="$("$testbed" kubeconfig)"
-kubectl() { "$HOME/.cache/inflight/testbed/kubernetes-$(sed -n 's/^KUBERNETES_VERSION=//p' testbed/versions.env)/bin/kubectl" "$@"; }
+kubectl() { "${INFLIGHT_CACHE:-$HOME/.cache/inflight}/testbed/kubernetes-$(sed -n 's/^KUBERNETES_VERSION=//p' testbed/versions.env)/bin/kubectl" "$@"; }
 kubectl get nodes
 
-step "the demo app with inflight-proxy in each pod"
+step "the aggregator, the demo app with inflight-proxy in each pod, and a ScaledObject"
 kubectl apply -f - <<YAML
 apiVersion: v1
 kind: Namespace
@@ -36,9 +38,41 @@ metadata: {name: $NS}
 ---
 apiVersion: apps/v1
 kind: Deployment
+metadata: {name: inflight-aggregator, namespace: $NS}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: inflight-aggregator}}
+  template:
+    metadata: {labels: {app: inflight-aggregator}}
+    spec:
+      containers:
+      - name: aggregator
+        image: inflight.local/inflight-aggregator:dev
+        imagePullPolicy: Never
+        ports: [{containerPort: 9090, name: grpc}, {containerPort: 15093, name: admin}]
+        readinessProbe: {httpGet: {path: /readyz, port: 15093}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: inflight-aggregator, namespace: $NS}
+spec:
+  selector: {app: inflight-aggregator}
+  ports: [{name: grpc, port: 9090}]
+---
+# Sidecars resolve every aggregator replica behind this name and report to each.
+apiVersion: v1
+kind: Service
+metadata: {name: inflight-aggregator-ingest, namespace: $NS}
+spec:
+  clusterIP: None
+  selector: {app: inflight-aggregator}
+  ports: [{name: grpc, port: 9090}]
+---
+apiVersion: apps/v1
+kind: Deployment
 metadata: {name: demo, namespace: $NS}
 spec:
-  replicas: 2
+  replicas: 1
   selector: {matchLabels: {app: demo}}
   template:
     metadata: {labels: {app: demo}}
@@ -49,7 +83,8 @@ spec:
         image: inflight.local/inflight-proxy:dev
         imagePullPolicy: Never
         restartPolicy: Always
-        args: [--upstream, "127.0.0.1:8080", --workload, deployment/demo]
+        args: [--upstream, "127.0.0.1:8080", --workload, deployment/demo,
+               --aggregator, "http://inflight-aggregator-ingest.$NS.svc.cluster.local:9090"]
         env:
         - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
         - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
@@ -73,20 +108,48 @@ metadata: {name: demo, namespace: $NS}
 spec:
   selector: {app: demo}
   ports: [{name: http, port: 80, targetPort: 15080}]
+---
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {name: demo, namespace: $NS}
+spec:
+  scaleTargetRef: {name: demo}
+  minReplicaCount: 1
+  maxReplicaCount: 10
+  pollingInterval: 2
+  advanced:
+    horizontalPodAutoscalerConfig:
+      behavior:
+        scaleDown: {stabilizationWindowSeconds: 10, policies: [{type: Percent, value: 100, periodSeconds: 5}]}
+  triggers:
+  - type: external-push
+    metadata:
+      scalerAddress: inflight-aggregator.$NS.svc.cluster.local:9090
+      workload: deployment/demo
+      target: "$TARGET"
+      window: 20s
+      scaleToZeroAfter: 60s
 YAML
+kubectl -n "$NS" rollout status deployment/inflight-aggregator --timeout=120s
 kubectl -n "$NS" rollout status deployment/demo --timeout=120s
-kubectl -n "$NS" get pods -o wide
 
 svc="$(kubectl -n "$NS" get service demo -o 'jsonpath={.spec.clusterIP}')"
-pods=($(kubectl -n "$NS" get pods -l app=demo -o 'jsonpath={range .items[*]}{.status.podIP}{" "}{end}'))
-step "load through the Service (http://$svc/, from the host through kube-proxy), live figures of the proxy in pod ${pods[0]}"
-echo "load schedule (requests/s:duration): $SCHEDULE; latency $LATENCY per request; 2 pods share the load"
-"$CARGO_TARGET_DIR/release/inflight-demo-app" load --target "http://$svc/" \
-    --admin "${pods[0]}:15090" --schedule "$SCHEDULE"
-
-step "every pod's /stats at the end"
-for ip in "${pods[@]}"; do
-    echo "$ip: $("$CARGO_TARGET_DIR/release/inflight-demo-app" get "http://$ip:15090/stats" | cut -d' ' -f2-)"
+metric="/apis/external.metrics.k8s.io/v1beta1/namespaces/$NS/s0-inflight-$NS-deployment-demo?labelSelector=scaledobject.keda.sh%2Fname%3Ddemo"
+step "load through the Service (http://$svc/, $LATENCY per request, target $TARGET in flight per replica)"
+echo "schedule (requests/s:duration): $SCHEDULE — by Little's law, in flight = rate x latency"
+log="$(mktemp)"
+"$CARGO_TARGET_DIR/release/inflight-demo-app" load --target "http://$svc/" --schedule "$SCHEDULE" >"$log" 2>&1 &
+load=$!
+trap 'kill $load 2>/dev/null || true; rm -f "$log"' EXIT
+printf '%6s %14s %18s %10s\n' "t(s)" "sent req/s" "in flight (KEDA)" "replicas"
+start=$SECONDS
+while kill -0 "$load" 2>/dev/null; do
+    value="$(kubectl get --raw "$metric" 2>/dev/null | sed -n 's/.*"value":"\([^"]*\)".*/\1/p')"
+    replicas="$(kubectl -n "$NS" get deployment demo -o 'jsonpath={.status.readyReplicas}/{.spec.replicas}')"
+    rate="$(tail -n 1 "$log" | awk '$1 ~ /^[0-9]+$/ {print $2}')"
+    printf '%6d %14s %18s %10s\n' $((SECONDS - start)) "${rate:--}" "${value:--}" "$replicas"
+    sleep 2
 done
 echo
+tail -n 1 "$log"
 echo "the cluster stays up: KUBECONFIG=$KUBECONFIG; remove it with: $testbed down"
