@@ -63,7 +63,9 @@ failSwapOn: false
 clusterDNS: [{dns}]
 clusterDomain: {domain}
 resolvConf: /etc/resolv.conf
-evictionHard: {{memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}}
+# The node shares the host's disk with build caches: evict only when it is truly full (a
+# percentage of a large, busy disk evicted KEDA and CoreDNS on a host with gigabytes still free).
+evictionHard: {{memory.available: 100Mi, nodefs.available: 256Mi, imagefs.available: 256Mi, nodefs.inodesFree: 1%}}
 # Images are imported, not pulled: a garbage-collected image could never come back.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
