@@ -25,6 +25,8 @@ pub struct Config {
     /// `/metrics`, `/healthz`, `/readyz`.
     #[arg(long, env = "INFLIGHT_ADMIN_LISTEN", default_value = "0.0.0.0:15093")]
     pub admin_listen: SocketAddr,
+    #[command(flatten)]
+    pub admin_limits: inflight_runtime::admin::AdminLimits,
     /// The stable window (concurrency), Knative's default.
     #[arg(long, env = "INFLIGHT_STABLE_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
     pub stable_window: Duration,

@@ -31,16 +31,8 @@ pub mod window;
 
 pub use config::Config;
 
-/// Wall-clock Unix milliseconds: reports carry wall-clock intervals.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
+pub use inflight_runtime::now_ms;
+use inflight_runtime::time::millis;
 
 /// Serves until `shutdown` completes.
 pub async fn run(
@@ -83,7 +75,14 @@ pub async fn run(
         grpc = %grpc.local_addr()?, smi = %smi.local_addr()?, admin = %admin.local_addr()?,
         kubernetes = kube.is_some(), "inflight-aggregator serving"
     );
-    tokio::spawn(admin::serve(admin, Arc::new(prometheus)));
+    // Both servers are bound before the admin server starts: up means ready.
+    let ready: admin::Readiness = Arc::new(|| Ok(()));
+    tokio::spawn(admin::serve(
+        admin,
+        config.admin_limits.into(),
+        Arc::new(prometheus),
+        ready,
+    ));
     tokio::spawn(smi::serve(smi, identity, registry.clone(), kube));
     if let Some(settings) = otlp::Settings::from_env(|k| std::env::var(k).ok()) {
         tracing::info!(endpoint = %settings.endpoint, interval = ?settings.interval, "exporting OTLP metrics");

@@ -135,9 +135,3 @@ impl Collector for Census {
         Ok(())
     }
 }
-
-pub fn encode(prometheus: &Prometheus) -> Result<String, std::fmt::Error> {
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, prometheus)?;
-    Ok(out)
-}

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use inflight_proto::v1::{
     report_request, HeldReport, PodIdentity, PodReport, ReportRequest, WorkloadRef,
 };
+use inflight_runtime::{lock, read, write};
 use tokio::sync::watch;
 
 use crate::traffic::{self, PodTraffic, Traffic};
@@ -534,18 +535,6 @@ impl Registry {
             pods
         })
     }
-}
-
-// A poisoned lock means a panic while holding it; the data is plain numbers that stay consistent
-// enough to keep serving, which beats turning one bug into a dead scaler.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -1,4 +1,14 @@
-//! What every inflight binary does the same way, in one place.
+//! What every inflight binary does the same way, in one place: logging, stopping on SIGTERM, the
+//! admin server and the limits of every HTTP server, poison-tolerant locks, wall-clock
+//! milliseconds.
+
+pub mod admin;
+pub mod http;
+pub mod sync;
+pub mod time;
+
+pub use sync::{lock, read, write};
+pub use time::now_ms;
 
 /// Logs at the level `RUST_LOG` asks (`info`, or `inflight_proxy=debug,h2=warn` style
 /// directives), JSON when `INFLIGHT_LOG_FORMAT=json`, to stderr (stdout stays for what a command

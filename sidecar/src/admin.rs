@@ -1,14 +1,12 @@
 //! The admin server: `/metrics`, `/healthz`, `/readyz`, `/stats`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+use inflight_runtime::admin::{self, text, AdminResponse};
+use inflight_runtime::http::ConnLimits;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -25,62 +23,25 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, limits: ConnLimits) {
+        admin::serve(listener, limits, move |request| {
             let admin = self.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.route(request).await) }
-                });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                if let Err(error) = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(%error, "admin connection ended with an error");
-                }
-            });
-        }
+            async move { admin.route(request).await }
+        })
+        .await;
     }
 
-    async fn route(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        if request.method() != Method::GET && request.method() != Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
-        }
+    async fn route(&self, request: Request<Incoming>) -> AdminResponse {
         match request.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => self.readyz().await,
             "/stats" => self.stats_json(),
-            "/metrics" => match crate::metrics::encode(&self.registry) {
-                Ok(body) => {
-                    let mut r = text(StatusCode::OK, body);
-                    r.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        header::HeaderValue::from_static(
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        ),
-                    );
-                    r
-                }
-                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n"),
-            },
-            _ => text(
-                StatusCode::NOT_FOUND,
-                "not found: try /metrics, /healthz, /readyz, /stats\n",
-            ),
+            "/metrics" => admin::metrics(&self.registry),
+            _ => admin::not_found("/metrics, /healthz, /readyz, /stats"),
         }
     }
 
-    async fn readyz(&self) -> Response<Full<Bytes>> {
+    async fn readyz(&self) -> AdminResponse {
         if self.stats.is_draining() {
             return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
         }
@@ -104,7 +65,7 @@ impl Admin {
         }
     }
 
-    fn stats_json(&self) -> Response<Full<Bytes>> {
+    fn stats_json(&self) -> AdminResponse {
         let s = &self.stats;
         let responses: serde_json::Map<String, serde_json::Value> = Class::ALL
             .iter()
@@ -127,21 +88,6 @@ impl Admin {
             "draining": s.is_draining(),
             "aggregators": aggregators,
         });
-        let mut r = text(StatusCode::OK, body.to_string());
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/json"),
-        );
-        r
+        admin::json(&body)
     }
-}
-
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
 }

@@ -23,6 +23,9 @@ pub struct Config {
     #[arg(long, env = "INFLIGHT_ADMIN_LISTEN", default_value = "0.0.0.0:15090")]
     pub admin_listen: SocketAddr,
 
+    #[command(flatten)]
+    pub admin_limits: inflight_runtime::admin::AdminLimits,
+
     /// The app, as HOST:PORT (normally 127.0.0.1:<port>).
     #[arg(long, env = "INFLIGHT_UPSTREAM", value_parser = parse_upstream)]
     pub upstream: Authority,

@@ -82,7 +82,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         reporter: reporter.clone(),
         upstream: config.upstream.to_string(),
     });
-    tokio::spawn(admin.serve(admin_listener));
+    tokio::spawn(admin.serve(admin_listener, config.admin_limits.into()));
     tracing::info!(
         listen = %config.listen,
         admin = %config.admin_listen,

@@ -70,9 +70,3 @@ impl Collector for StatsCollector {
 pub fn register(registry: &mut Registry, stats: Arc<Stats>) {
     registry.register_collector(Box::new(StatsCollector(stats)));
 }
-
-pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, registry)?;
-    Ok(out)
-}

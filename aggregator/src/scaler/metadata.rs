@@ -65,10 +65,6 @@ fn duration(key: &'static str, text: &str) -> Result<Duration, BadMetadata> {
         .map_err(|e| bad(key, format!("{text:?} is not a duration ({e})")))
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 pub fn parse(r: &ScaledObjectRef, max_window: Duration) -> Result<Trigger, BadMetadata> {
     let m = &r.scaler_metadata;
     let workload = m
@@ -128,8 +124,8 @@ pub fn parse(r: &ScaledObjectRef, max_window: Duration) -> Result<Trigger, BadMe
         workload: WorkloadKey::new(namespace, kind, name),
         metric,
         target,
-        window_ms: millis(window),
-        scale_to_zero_after_ms: millis(scale_to_zero_after),
+        window_ms: inflight_runtime::time::millis(window),
+        scale_to_zero_after_ms: inflight_runtime::time::millis(scale_to_zero_after),
     })
 }
 

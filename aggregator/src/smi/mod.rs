@@ -22,6 +22,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use inflight_runtime::{read, write};
+
 use crate::registry::Registry;
 use auth::RequestHeader;
 use routes::{Answer, Route};
@@ -377,13 +379,6 @@ fn respond(code: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> 
         header::HeaderValue::from_static("application/json"),
     );
     response
-}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

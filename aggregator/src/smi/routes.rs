@@ -187,13 +187,11 @@ pub struct Answer<'a> {
 
 impl Answer<'_> {
     fn now_ms(&self) -> i64 {
-        self.now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        inflight_runtime::time::unix_ms(self.now)
     }
 
     fn window_ms(&self) -> i64 {
-        i64::try_from(self.window.as_millis()).unwrap_or(MAX_WINDOW_MS)
+        inflight_runtime::time::millis(self.window)
     }
 
     /// The traffic of one object, `None` when nothing of it reports.

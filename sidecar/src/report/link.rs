@@ -12,7 +12,9 @@ use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
-use super::{lock, merge, ReportMetrics};
+use inflight_runtime::lock;
+
+use super::{merge, ReportMetrics};
 
 /// What `/stats` shows of a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
