@@ -17,6 +17,8 @@ TARGET="${TARGET:-5}"
 SCHEDULE="${SCHEDULE:-20:15s,100:45s,10:40s}"
 
 step() { printf '\n== %s\n' "$*"; }
+# Nothing ends this script without saying where and why.
+trap 'echo "demo.sh: failed at line $LINENO: $BASH_COMMAND (exit $?)" >&2' ERR
 # shellcheck source=lib/testbed.sh
 source scripts/lib/testbed.sh
 prepare_testbed
@@ -135,6 +137,18 @@ kubectl -n "$NS" rollout status deployment/demo --timeout=120s
 
 svc="$(kubectl -n "$NS" get service demo -o 'jsonpath={.spec.clusterIP}')"
 metric="/apis/external.metrics.k8s.io/v1beta1/namespaces/$NS/s0-inflight-$NS-deployment-demo?labelSelector=scaledobject.keda.sh%2Fname%3Ddemo"
+# KEDA serves the metric only once it has read the ScaledObject and reached the scaler: wait for
+# that (a condition, with a deadline) rather than start the table on an error.
+step "waiting for KEDA to serve the external metric"
+deadline=$((SECONDS + 180))
+until error="$(kubectl get --raw "$metric" 2>&1 >/dev/null)"; do
+    if ((SECONDS > deadline)); then
+        echo "demo.sh: KEDA did not serve $metric within 180s: $error" >&2
+        kubectl -n "$NS" get scaledobject demo -o wide >&2 || true
+        exit 1
+    fi
+    sleep 1
+done
 step "load through the Service (http://$svc/, $LATENCY per request, target $TARGET in flight per replica)"
 echo "schedule (requests/s:duration): $SCHEDULE — by Little's law, in flight = rate x latency"
 log="$(mktemp)"
@@ -144,9 +158,10 @@ trap 'kill $load 2>/dev/null || true; rm -f "$log"' EXIT
 printf '%6s %14s %18s %10s\n' "t(s)" "sent req/s" "in flight (KEDA)" "replicas"
 start=$SECONDS
 while kill -0 "$load" 2>/dev/null; do
-    value="$(kubectl get --raw "$metric" 2>/dev/null | sed -n 's/.*"value":"\([^"]*\)".*/\1/p')"
-    replicas="$(kubectl -n "$NS" get deployment demo -o 'jsonpath={.status.readyReplicas}/{.spec.replicas}')"
-    rate="$(tail -n 1 "$log" | awk '$1 ~ /^[0-9]+$/ {print $2}')"
+    # A read that fails now and then (the API server busy) shows as "-", it does not end the demo.
+    value="$({ kubectl get --raw "$metric" 2>/dev/null || true; } | sed -n 's/.*"value":"\([^"]*\)".*/\1/p')"
+    replicas="$(kubectl -n "$NS" get deployment demo -o 'jsonpath={.status.readyReplicas}/{.spec.replicas}' 2>/dev/null || true)"
+    rate="$({ tail -n 1 "$log" || true; } | awk '$1 ~ /^[0-9]+$/ {print $2}')"
     printf '%6d %14s %18s %10s\n' $((SECONDS - start)) "${rate:--}" "${value:--}" "$replicas"
     sleep 2
 done

@@ -101,14 +101,18 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
     })
     .await;
     let mut first = TcpStream::connect(addr).await.unwrap();
-    assert!(get(&mut first, "/healthz").await.starts_with("HTTP/1.1 200"));
+    assert!(get(&mut first, "/healthz")
+        .await
+        .starts_with("HTTP/1.1 200"));
     // The second connects (the kernel's backlog) but is not served while the first is open.
     let second = tokio::spawn(async move {
         let mut s = TcpStream::connect(addr).await.unwrap();
         get(&mut s, "/nope").await
     });
     // The first keeps working: its slot is its own.
-    assert!(get(&mut first, "/healthz").await.starts_with("HTTP/1.1 200"));
+    assert!(get(&mut first, "/healthz")
+        .await
+        .starts_with("HTTP/1.1 200"));
     assert!(!second.is_finished());
     drop(first);
     let answer = second.await.unwrap();
