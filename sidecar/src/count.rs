@@ -27,11 +27,18 @@ pub type ProxyBody = Either<CountedBody, Full<Bytes>>;
 pub struct CountingProxy {
     forwarder: Forwarder,
     stats: Arc<Stats>,
+    /// The worker's shard of `stats`.
+    shard: usize,
 }
 
 impl CountingProxy {
-    pub fn new(forwarder: Forwarder, stats: Arc<Stats>) -> Self {
-        Self { forwarder, stats }
+    /// Counts in `stats`, in the shard of worker `shard`.
+    pub fn new(forwarder: Forwarder, stats: Arc<Stats>, shard: usize) -> Self {
+        Self {
+            forwarder,
+            stats,
+            shard,
+        }
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
@@ -44,7 +51,7 @@ impl CountingProxy {
         client: SocketAddr,
     ) -> Response<ProxyBody> {
         // The kubelet's probes pass through but are not load.
-        let guard = (!is_probe(&request)).then(|| InFlight::start(self.stats.clone()));
+        let guard = (!is_probe(&request)).then(|| InFlight::start(self.stats.clone(), self.shard));
         let http1 = request.version() < http::Version::HTTP_2;
         let mut response = self.respond(request, client, guard).await;
         // While draining, a keep-alive client is told to reconnect, so its
@@ -113,16 +120,18 @@ fn is_probe<B>(request: &Request<B>) -> bool {
 #[derive(Debug)]
 struct InFlight {
     stats: Arc<Stats>,
+    shard: usize,
     started: Instant,
     class: Option<Class>,
 }
 
 impl InFlight {
-    fn start(stats: Arc<Stats>) -> Self {
+    fn start(stats: Arc<Stats>, shard: usize) -> Self {
         let started = Instant::now();
-        stats.start(started);
+        stats.start(shard, started);
         Self {
             stats,
+            shard,
             started,
             class: None,
         }
@@ -133,8 +142,12 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let now = Instant::now();
         let class = self.class.unwrap_or(Class::Cancelled);
-        self.stats
-            .end(now, class, now.saturating_duration_since(self.started));
+        self.stats.end(
+            self.shard,
+            now,
+            class,
+            now.saturating_duration_since(self.started),
+        );
     }
 }
 

@@ -57,7 +57,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let listener = bind(config.listen).await?;
     let admin_listener = bind(config.admin_listen).await?;
 
-    let stats = Arc::new(Stats::new());
+    let stats = Arc::new(Stats::new(config.workers()));
     let mut registry = Registry::with_prefix(inflight_proto::names::METRIC_PREFIX);
     metrics::register(&mut registry, stats.clone());
     let report_metrics = ReportMetrics::default();
@@ -111,8 +111,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     // The first worker shares this runtime with the acceptor, the admin
     // server and the reporter; each further one gets a thread of its own.
-    let (first, first_done) =
-        server::spawn_worker(CountingProxy::new(forwarder, stats.clone()), grace.clone());
+    let (first, first_done) = server::spawn_worker(
+        CountingProxy::new(forwarder, stats.clone(), 0),
+        grace.clone(),
+    );
     let mut workers = vec![first];
     let mut done = vec![first_done];
     for index in 1..config.workers() {
@@ -120,7 +122,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let forwarder_config = forwarder_config.clone();
         let (worker, worker_done) = server::spawn_worker_thread(
             format!("inflight-worker-{index}"),
-            move || CountingProxy::new(Forwarder::new(forwarder_config), stats),
+            move || CountingProxy::new(Forwarder::new(forwarder_config), stats, index),
             grace.clone(),
         )
         .map_err(Error::Worker)?;
