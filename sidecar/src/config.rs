@@ -62,10 +62,11 @@ pub struct Config {
     #[arg(long, env = "INFLIGHT_FORWARDED_HEADERS", default_value_t = true, action = ArgAction::Set)]
     pub forwarded_headers: bool,
 
-    /// Worker threads, each with its own event loop (default: the CPUs this
-    /// process may use).
-    #[arg(long, env = "INFLIGHT_THREADS")]
-    pub threads: Option<usize>,
+    /// Worker threads, each with its own event loop (default: 2, or 1 when
+    /// the process may use only one CPU, like Istio's sidecar). The admin
+    /// server and the reporter run on a thread of their own besides.
+    #[arg(long, env = "INFLIGHT_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 
     /// This pod's name (downward API).
     #[arg(long, env = "POD_NAME")]
@@ -112,6 +113,13 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A sidecar shares its pod's CPU with the app: a worker per CPU would be
+/// 64 event loops on a 64-core node without CPU limits. Two, as Istio's
+/// sidecar defaults to, or one when only one CPU may be used.
+pub fn default_workers(cpus: usize) -> usize {
+    cpus.clamp(1, 2)
+}
+
 impl Config {
     /// The pod's name: POD_NAME, else the host name (a pod's host name is its name).
     pub fn pod_name(&self) -> String {
@@ -126,12 +134,17 @@ impl Config {
             .unwrap_or_else(|| "unknown".to_owned())
     }
 
-    /// Worker threads: `--threads`, else the CPUs this process may use.
+    /// Worker threads: `--threads`, else [`default_workers`] of the CPUs
+    /// this process may use.
     pub fn workers(&self) -> usize {
-        self.threads
-            .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
-            .unwrap_or(1)
-            .max(1)
+        match self.threads {
+            Some(n) => usize::from(n).max(1),
+            None => default_workers(
+                std::thread::available_parallelism()
+                    .map(usize::from)
+                    .unwrap_or(1),
+            ),
+        }
     }
 
     pub fn identity(&self) -> PodIdentity {
@@ -197,6 +210,19 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("more than zero"), "{e}");
+    }
+
+    #[test]
+    fn workers_default_to_at_most_two_whatever_the_cpus() {
+        assert_eq!(default_workers(64), 2);
+        assert_eq!(default_workers(2), 2);
+        assert_eq!(default_workers(1), 1);
+        assert_eq!(default_workers(0), 1);
+        let c = parse(&["--upstream", "127.0.0.1:1"]).map(|c| c.workers());
+        assert!(matches!(c, Ok(1 | 2)), "{c:?}");
+        let c = parse(&["--upstream", "127.0.0.1:1", "--threads", "8"]).map(|c| c.workers());
+        assert_eq!(c.ok(), Some(8));
+        assert!(parse(&["--upstream", "127.0.0.1:1", "--threads", "0"]).is_err());
     }
 
     #[test]

@@ -75,7 +75,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         timeout: config.upstream_timeout,
         forwarded_headers: config.forwarded_headers,
     };
-    let forwarder = Forwarder::new(forwarder_config.clone());
     let admin = Arc::new(admin::Admin {
         stats: stats.clone(),
         registry,
@@ -109,15 +108,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 .max(Duration::from_millis(500))
         })
     };
-    // The first worker shares this runtime with the acceptor, the admin
-    // server and the reporter; each further one gets a thread of its own.
-    let (first, first_done) = server::spawn_worker(
-        CountingProxy::new(forwarder, stats.clone(), 0),
-        grace.clone(),
-    );
-    let mut workers = vec![first];
-    let mut done = vec![first_done];
-    for index in 1..config.workers() {
+    // Every worker is a thread with an event loop of its own; this runtime
+    // keeps the control plane (the acceptor, the admin server, the reporter
+    // and its DNS re-resolution), so `/readyz` and report ticks never queue
+    // behind requests.
+    let mut workers = Vec::new();
+    let mut done = Vec::new();
+    for index in 0..config.workers() {
         let stats = stats.clone();
         let forwarder_config = forwarder_config.clone();
         let (worker, worker_done) = server::spawn_worker_thread(

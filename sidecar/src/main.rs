@@ -4,9 +4,9 @@ use inflight_proxy::Config;
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     inflight_runtime::init_tracing("inflight-proxy");
-    // Worker threads beyond the first are started by `run`, each with a
-    // single-threaded runtime of its own; this one runs the first worker,
-    // the acceptor, the admin server and the reporter.
+    // `run` starts the workers, each a thread with a single-threaded runtime
+    // of its own; this one is the control plane: the acceptor, the admin
+    // server and the reporter, off the data plane's event loops.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
