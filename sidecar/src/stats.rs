@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use inflight_proto::{latency_bucket, LATENCY_BUCKETS};
 use tokio::sync::Notify;
@@ -155,10 +155,10 @@ impl Shard {
     }
 }
 
-/// One report interval's concurrency figures.
+/// One report interval's concurrency figures, timed by the monotonic clock
+/// (the reporter dates it by the wall clock when it sends it).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct IntervalConcurrency {
-    pub start: SystemTime,
     pub length: Duration,
     /// Integral of in-flight over the interval divided by its length.
     pub average: f64,
@@ -178,7 +178,7 @@ pub struct IntervalConcurrency {
 pub struct Stats {
     shards: Box<[Shard]>,
     /// When the current report interval began.
-    interval_start: Mutex<(Instant, SystemTime)>,
+    interval_start: Mutex<Instant>,
     /// No request has started since the last interval that saw no activity:
     /// the next start is a wake-up and is reported at once.
     idle: AtomicBool,
@@ -201,7 +201,7 @@ impl Stats {
             shards: (0..shards.max(1))
                 .map(|_| Shard(Mutex::new(Tally::new(now))))
                 .collect(),
-            interval_start: Mutex::new((now, SystemTime::now())),
+            interval_start: Mutex::new(now),
             // A new pod's first request is a wake-up: the workload may be at zero.
             idle: AtomicBool::new(true),
             wake: Notify::new(),
@@ -258,9 +258,8 @@ impl Stats {
             in_flight = in_flight.saturating_add(t.in_flight);
             started = started.saturating_add(std::mem::take(&mut t.started_in_interval));
         }
-        let (start, start_wall) = *interval_start;
-        let length = now.saturating_duration_since(start);
-        *interval_start = (start.max(now), start_wall + length);
+        let length = now.saturating_duration_since(*interval_start);
+        *interval_start = (*interval_start).max(now);
         if in_flight == 0 && integral == 0 && started == 0 {
             self.idle.store(true, Ordering::SeqCst);
             // A request that started on a shard already read above saw the
@@ -278,7 +277,6 @@ impl Stats {
             integral as f64 / length.as_nanos() as f64
         };
         IntervalConcurrency {
-            start: start_wall,
             length,
             average,
             in_flight,

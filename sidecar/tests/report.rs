@@ -107,11 +107,20 @@ async fn reports_carry_identity_and_the_right_figures() {
         total(&reports, |r| r.latency.clone().unwrap().counts.iter().sum()),
         8
     );
-    // Consecutive reports cover consecutive intervals.
+    // Consecutive reports tile time exactly, each ending at the wall clock
+    // when it was sent: not later than it arrived.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     for pair in reports.windows(2) {
         let (a, b) = (pair[0].interval.unwrap(), pair[1].interval.unwrap());
         let gap = b.start_unix_ms - (a.start_unix_ms + i64::from(a.length_ms));
-        assert!(gap.abs() <= 1, "gap of {gap} ms between {a:?} and {b:?}");
+        assert_eq!(gap, 0, "gap between {a:?} and {b:?}");
+        assert!(
+            b.start_unix_ms + i64::from(b.length_ms) <= now_ms,
+            "{b:?} ends after {now_ms}"
+        );
     }
 }
 

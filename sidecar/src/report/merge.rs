@@ -2,32 +2,24 @@
 //! could not be sent into one, so a reporter cut off from an aggregator holds
 //! one report per aggregator, however long the outage.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use inflight_proto::v1::{Interval, LatencyHistogram, PodIdentity, PodReport, Responses};
 use inflight_proto::LATENCY_BUCKETS;
 
+use super::clock::Placed;
 use crate::stats::{Class, Counters, IntervalConcurrency};
 
+/// The report of one interval, dated where `placed` puts it.
 pub fn build(
     identity: &PodIdentity,
+    placed: Placed,
     concurrency: IntervalConcurrency,
     delta: &Counters,
 ) -> PodReport {
-    let start_unix_ms = concurrency
-        .start
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis();
     PodReport {
         pod: Some(identity.clone()),
         interval: Some(Interval {
-            start_unix_ms: i64::try_from(start_unix_ms).unwrap_or(i64::MAX),
-            // A zero-length interval is invalid on the wire; a wake-up report
-            // sent right after a tick is the only way to get one.
-            length_ms: u32::try_from(concurrency.length.as_millis())
-                .unwrap_or(u32::MAX)
-                .max(1),
+            start_unix_ms: placed.start_unix_ms,
+            length_ms: placed.length_ms.max(1),
         }),
         avg_concurrency: concurrency.average,
         in_flight: u32::try_from(concurrency.in_flight).unwrap_or(u32::MAX),
@@ -48,28 +40,32 @@ pub fn build(
     }
 }
 
-/// Folds `newer` into `older`: one interval from the start of the first to
-/// the end of the second, counts added, average concurrency weighted by time,
+/// Folds `newer` into `older`: one interval as long as both, ending where
+/// the newer ends, counts added, average concurrency weighted by time,
 /// in-flight as of the newer one.
+///
+/// A pod's reports follow each other without a gap unless the wall clock was
+/// stepped between them; then the older one is re-dated to just before the
+/// newer (it did happen just before it), rather than stretching one report
+/// over the step and filling it with the average.
 pub fn merge(older: PodReport, newer: PodReport) -> PodReport {
     let (Some(a), Some(b)) = (older.interval, newer.interval) else {
         return newer;
     };
-    let start = a.start_unix_ms.min(b.start_unix_ms);
-    let end =
-        (a.start_unix_ms + i64::from(a.length_ms)).max(b.start_unix_ms + i64::from(b.length_ms));
-    let length_ms = u32::try_from(end - start).unwrap_or(u32::MAX).max(1);
+    let end = b.start_unix_ms.saturating_add(i64::from(b.length_ms));
+    let length_ms = a.length_ms.saturating_add(b.length_ms).max(1);
+    let start = end.saturating_sub(i64::from(length_ms));
     let weighted = older.avg_concurrency * f64::from(a.length_ms)
         + newer.avg_concurrency * f64::from(b.length_ms);
     let responses = match (older.responses, newer.responses) {
         (Some(x), Some(y)) => Some(Responses {
-            class_1xx: x.class_1xx + y.class_1xx,
-            class_2xx: x.class_2xx + y.class_2xx,
-            class_3xx: x.class_3xx + y.class_3xx,
-            class_4xx: x.class_4xx + y.class_4xx,
-            class_5xx: x.class_5xx + y.class_5xx,
-            grpc_failure: x.grpc_failure + y.grpc_failure,
-            cancelled: x.cancelled + y.cancelled,
+            class_1xx: x.class_1xx.saturating_add(y.class_1xx),
+            class_2xx: x.class_2xx.saturating_add(y.class_2xx),
+            class_3xx: x.class_3xx.saturating_add(y.class_3xx),
+            class_4xx: x.class_4xx.saturating_add(y.class_4xx),
+            class_5xx: x.class_5xx.saturating_add(y.class_5xx),
+            grpc_failure: x.grpc_failure.saturating_add(y.grpc_failure),
+            cancelled: x.cancelled.saturating_add(y.cancelled),
         }),
         (x, y) => y.or(x),
     };
@@ -78,7 +74,12 @@ pub fn merge(older: PodReport, newer: PodReport) -> PodReport {
             if x.counts.len() == LATENCY_BUCKETS && y.counts.len() == LATENCY_BUCKETS =>
         {
             Some(LatencyHistogram {
-                counts: x.counts.iter().zip(&y.counts).map(|(p, q)| p + q).collect(),
+                counts: x
+                    .counts
+                    .iter()
+                    .zip(&y.counts)
+                    .map(|(p, q)| p.saturating_add(*q))
+                    .collect(),
                 sum_seconds: x.sum_seconds + y.sum_seconds,
             })
         }
@@ -92,7 +93,7 @@ pub fn merge(older: PodReport, newer: PodReport) -> PodReport {
         }),
         avg_concurrency: weighted / f64::from(length_ms),
         in_flight: newer.in_flight,
-        requests: older.requests + newer.requests,
+        requests: older.requests.saturating_add(newer.requests),
         responses,
         latency,
     }
@@ -145,14 +146,39 @@ mod tests {
     }
 
     #[test]
+    fn reports_either_side_of_a_clock_step_merge_without_spanning_it() {
+        let hour = 3_600_000;
+        // Stepped forward: one report of both lengths, ending at the newer.
+        let merged = merge(
+            report(1_000, 1_000, 2.0, 3, 3),
+            report(hour, 1_000, 4.0, 7, 6),
+        );
+        let i = merged.interval.unwrap_or_default();
+        assert_eq!((i.start_unix_ms, i.length_ms), (hour - 1_000, 2_000));
+        assert!((merged.avg_concurrency - 3.0).abs() < 1e-9);
+        // Stepped back past the older: likewise.
+        let merged = merge(
+            report(hour, 1_000, 2.0, 3, 3),
+            report(1_000, 1_000, 4.0, 7, 6),
+        );
+        let i = merged.interval.unwrap_or_default();
+        assert_eq!((i.start_unix_ms, i.length_ms), (0, 2_000));
+        assert_eq!(merged.requests, 10);
+    }
+
+    #[test]
     fn build_never_sends_a_zero_length_interval() {
+        let placed = Placed {
+            start_unix_ms: 5,
+            length_ms: 0,
+            stepped_ms: None,
+        };
         let c = IntervalConcurrency {
-            start: UNIX_EPOCH + Duration::from_millis(5),
-            length: Duration::from_micros(200),
+            length: std::time::Duration::from_micros(200),
             average: 1.0,
             in_flight: 1,
         };
-        let r = build(&PodIdentity::default(), c, &Counters::default());
+        let r = build(&PodIdentity::default(), placed, c, &Counters::default());
         let i = r.interval.unwrap_or_default();
         assert_eq!((i.start_unix_ms, i.length_ms), (5, 1));
         assert_eq!(r.latency.unwrap_or_default().counts.len(), LATENCY_BUCKETS);

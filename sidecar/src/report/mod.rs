@@ -8,6 +8,7 @@
 //! Each stream keeps at most one pending report; reports that could not be
 //! sent are merged into it, so an outage costs bounded memory.
 
+pub mod clock;
 mod link;
 pub mod merge;
 mod target;
@@ -15,7 +16,7 @@ mod target;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use inflight_proto::v1::{PodIdentity, PodReport};
 use inflight_runtime::lock;
@@ -28,6 +29,7 @@ pub use link::LinkState;
 pub use target::{Target, TargetError};
 
 use crate::stats::{Counters, Stats};
+use clock::WallClock;
 use link::Link;
 
 /// How often DNS names among the aggregator targets are resolved again.
@@ -39,6 +41,7 @@ pub struct ReportMetrics {
     pub streams_connected: Gauge,
     pub reports_sent: Counter,
     pub stream_failures: Counter,
+    pub clock_steps: Counter,
 }
 
 impl ReportMetrics {
@@ -58,6 +61,11 @@ impl ReportMetrics {
             "Report streams that failed to open or ended with an error",
             self.stream_failures.clone(),
         );
+        registry.register(
+            "report_clock_steps",
+            "Reports over whose interval the wall clock was stepped (the report follows the new clock)",
+            self.clock_steps.clone(),
+        );
     }
 }
 
@@ -76,7 +84,14 @@ struct Inner {
     identity: PodIdentity,
     metrics: ReportMetrics,
     links: Mutex<HashMap<SocketAddr, LinkTask>>,
-    last: Mutex<Counters>,
+    last: Mutex<Last>,
+}
+
+/// What the next report is measured from.
+#[derive(Debug)]
+struct Last {
+    counters: Counters,
+    clock: WallClock,
 }
 
 impl Reporter {
@@ -90,7 +105,10 @@ impl Reporter {
         metrics: ReportMetrics,
     ) -> Self {
         let inner = Arc::new(Inner {
-            last: Mutex::new(stats.counters()),
+            last: Mutex::new(Last {
+                counters: stats.counters(),
+                clock: WallClock::default(),
+            }),
             stats,
             identity,
             metrics,
@@ -131,15 +149,23 @@ impl Reporter {
 impl Inner {
     /// Closes the current interval and queues its report on every link.
     fn report_now(&self) {
+        // One report at a time, so the intervals and the counters' deltas
+        // follow each other.
+        let mut last = lock(&self.last);
         let concurrency = self.stats.take_interval(Instant::now());
+        let placed = last.clock.place(SystemTime::now(), concurrency.length);
+        if let Some(ms) = placed.stepped_ms {
+            self.metrics.clock_steps.inc();
+            tracing::warn!(
+                step_ms = ms,
+                "the wall clock was stepped; reports follow the new clock"
+            );
+        }
         let counters = self.stats.counters();
-        let delta = {
-            let mut last = lock(&self.last);
-            let delta = counters.delta(&last);
-            *last = counters;
-            delta
-        };
-        let report: PodReport = merge::build(&self.identity, concurrency, &delta);
+        let delta = counters.delta(&last.counters);
+        last.counters = counters;
+        drop(last);
+        let report: PodReport = merge::build(&self.identity, placed, concurrency, &delta);
         for (link, _) in lock(&self.links).values() {
             link.offer(report.clone());
         }
