@@ -1,7 +1,6 @@
 //! The admin server: `/metrics`, `/healthz`, `/readyz`, `/stats`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
@@ -10,6 +9,7 @@ use inflight_runtime::http::ConnLimits;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::ready::AppCheck;
 use crate::report::Reporter;
 use crate::stats::{Class, Stats};
 
@@ -18,8 +18,8 @@ pub struct Admin {
     pub stats: Arc<Stats>,
     pub registry: Registry,
     pub reporter: Reporter,
-    /// The app's address, which `/readyz` dials.
-    pub upstream: String,
+    /// How `/readyz` asks the app whether it is ready.
+    pub app: AppCheck,
 }
 
 impl Admin {
@@ -45,23 +45,9 @@ impl Admin {
         if self.stats.is_draining() {
             return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
         }
-        let dial = tokio::net::TcpStream::connect(self.upstream.as_str());
-        match tokio::time::timeout(Duration::from_secs(1), dial).await {
-            Ok(Ok(_)) => text(StatusCode::OK, "ready\n"),
-            Ok(Err(error)) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "app at {} does not accept connections: {error}\n",
-                    self.upstream
-                ),
-            ),
-            Err(_) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "app at {} did not accept a connection within 1s\n",
-                    self.upstream
-                ),
-            ),
+        match self.app.check().await {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(not_ready) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{not_ready}\n")),
         }
     }
 

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
-use http::uri::Authority;
+use http::uri::{Authority, PathAndQuery};
 use inflight_proto::v1::{PodIdentity, WorkloadRef};
 
 #[derive(Debug, Clone, Parser)]
@@ -79,6 +79,22 @@ pub struct Config {
     /// This pod's IP (downward API).
     #[arg(long, env = "POD_IP", default_value = "")]
     pub pod_ip: String,
+
+    /// `/readyz`: the path of the app's own readiness check (an HTTP GET;
+    /// 2xx or 3xx is ready, as for the kubelet's httpGet probe). Without
+    /// it, ready means the app's port accepts a connection.
+    #[arg(long, env = "INFLIGHT_APP_READY_PATH", value_parser = parse_ready_path)]
+    pub app_ready_path: Option<PathAndQuery>,
+
+    /// `/readyz`: the port of the app's readiness check, on the upstream's
+    /// host (default: the upstream's port). Alone, a TCP check on it.
+    #[arg(long, env = "INFLIGHT_APP_READY_PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub app_ready_port: Option<u16>,
+
+    /// `/readyz`: how long the app's readiness check may take (the kubelet's
+    /// default timeoutSeconds).
+    #[arg(long, env = "INFLIGHT_APP_READY_TIMEOUT", default_value = "1s", value_parser = parse_positive_duration)]
+    pub app_ready_timeout: Duration,
 }
 
 fn parse_upstream(text: &str) -> Result<Authority, String> {
@@ -103,6 +119,14 @@ fn parse_workload(text: &str) -> Result<(String, String), String> {
         }
         _ => Err(format!("{text:?} is not KIND/NAME, e.g. deployment/web")),
     }
+}
+
+fn parse_ready_path(text: &str) -> Result<PathAndQuery, String> {
+    if !text.starts_with('/') {
+        return Err(format!("{text:?}: a path starts with '/', e.g. /ready"));
+    }
+    text.parse::<PathAndQuery>()
+        .map_err(|e| format!("{text:?} is not a path: {e}"))
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
@@ -164,6 +188,17 @@ impl Config {
             pod_ip: self.pod_ip.clone(),
         }
     }
+
+    /// How `/readyz` asks the app whether it is ready.
+    pub fn app_check(&self) -> crate::ready::AppCheck {
+        crate::ready::AppCheck::new(
+            self.upstream.host(),
+            self.upstream.port_u16().unwrap_or(80),
+            self.app_ready_path.clone(),
+            self.app_ready_port,
+            self.app_ready_timeout,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -188,9 +223,48 @@ mod tests {
         assert_eq!(c.report_interval, Duration::from_secs(1));
         assert_eq!(c.drain_period, Duration::from_secs(5));
         assert!(c.forwarded_headers);
+        assert_eq!(c.app_ready_timeout, Duration::from_secs(1));
         let id = c.identity();
         let w = id.workload.unwrap_or_default();
         assert_eq!((w.kind.as_str(), w.name.as_str()), ("pod", "web-1"));
+    }
+
+    #[test]
+    fn app_readiness_flags() {
+        let c = parse(&[
+            "--upstream",
+            "127.0.0.1:8080",
+            "--app-ready-path",
+            "/healthz/ready",
+            "--app-ready-port",
+            "8081",
+            "--app-ready-timeout",
+            "3s",
+        ]);
+        assert_eq!(
+            c.ok().map(|c| c.app_check()),
+            Some(crate::ready::AppCheck::Http {
+                addr: "127.0.0.1:8081".into(),
+                path: PathAndQuery::from_static("/healthz/ready"),
+                timeout: Duration::from_secs(3),
+            })
+        );
+        let c = parse(&["--upstream", "127.0.0.1:8080"]);
+        assert_eq!(
+            c.ok().map(|c| c.app_check()),
+            Some(crate::ready::AppCheck::Tcp {
+                addr: "127.0.0.1:8080".into(),
+                timeout: Duration::from_secs(1),
+            })
+        );
+        for bad in [
+            ["--app-ready-path", "ready"],
+            ["--app-ready-port", "0"],
+            ["--app-ready-timeout", "0s"],
+        ] {
+            let c = parse(&["--upstream", "127.0.0.1:8080", bad[0], bad[1]]);
+            assert!(c.is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]
@@ -205,7 +279,7 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("is not KIND/NAME"), "{e}");
-        let e = parse(&["--upstream", "127.0.0.1:1", "--report-interval", "0s"])
+        let e = parse(&["--upstream", "127.0.0.1:1", "--upstream-timeout", "0s"])
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();

@@ -12,6 +12,7 @@ pub mod config;
 pub mod count;
 pub mod metrics;
 pub mod proxy;
+pub mod ready;
 pub mod report;
 pub mod server;
 pub mod stats;
@@ -79,7 +80,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         stats: stats.clone(),
         registry,
         reporter: reporter.clone(),
-        upstream: config.upstream.to_string(),
+        app: config.app_check(),
     });
     tokio::spawn(admin.serve(admin_listener, config.admin_limits.into()));
     tracing::info!(
