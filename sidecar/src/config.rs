@@ -2,6 +2,7 @@
 //! injector can set them on the container and scripts can set them on a shell.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
@@ -40,8 +41,8 @@ pub struct Config {
     #[arg(long, env = "INFLIGHT_WORKLOAD", value_parser = parse_workload)]
     pub workload: Option<(String, String)>,
 
-    /// How often a report is sent.
-    #[arg(long, env = "INFLIGHT_REPORT_INTERVAL", default_value = "1s", value_parser = parse_positive_duration)]
+    /// How often a report is sent (100ms to 60s).
+    #[arg(long, env = "INFLIGHT_REPORT_INTERVAL", default_value = "1s", value_parser = parse_report_interval)]
     pub report_interval: Duration,
 
     /// After SIGTERM, keep serving at least this long, so callers notice the
@@ -72,9 +73,10 @@ pub struct Config {
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
 
-    /// This pod's namespace (downward API).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    pub pod_namespace: String,
+    /// This pod's namespace (downward API); else the namespace of the pod's
+    /// service account. Required when reporting to an aggregator.
+    #[arg(long, env = "POD_NAMESPACE", value_parser = parse_namespace)]
+    pub pod_namespace: Option<String>,
 
     /// This pod's IP (downward API).
     #[arg(long, env = "POD_IP", default_value = "")]
@@ -95,6 +97,24 @@ pub struct Config {
     /// default timeoutSeconds).
     #[arg(long, env = "INFLIGHT_APP_READY_TIMEOUT", default_value = "1s", value_parser = parse_positive_duration)]
     pub app_ready_timeout: Duration,
+}
+
+/// Where Kubernetes mounts the namespace of a pod's service account.
+pub const SERVICE_ACCOUNT_NAMESPACE: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// Reports are refused by the aggregator, or flood it, outside these bounds.
+pub const MIN_REPORT_INTERVAL: Duration = Duration::from_millis(100);
+pub const MAX_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "no namespace for this pod's reports: POD_NAMESPACE is not set and there is no \
+         service account namespace at {SERVICE_ACCOUNT_NAMESPACE}; set POD_NAMESPACE from the \
+         downward API (fieldRef: metadata.namespace) or pass --pod-namespace"
+    )]
+    NoNamespace,
 }
 
 fn parse_upstream(text: &str) -> Result<Authority, String> {
@@ -118,6 +138,36 @@ fn parse_workload(text: &str) -> Result<(String, String), String> {
             Ok((kind.to_ascii_lowercase(), name.to_owned()))
         }
         _ => Err(format!("{text:?} is not KIND/NAME, e.g. deployment/web")),
+    }
+}
+
+fn parse_report_interval(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if !(MIN_REPORT_INTERVAL..=MAX_REPORT_INTERVAL).contains(&d) {
+        return Err(format!(
+            "{text:?}: must be from {} to {}",
+            humantime::format_duration(MIN_REPORT_INTERVAL),
+            humantime::format_duration(MAX_REPORT_INTERVAL)
+        ));
+    }
+    Ok(d)
+}
+
+/// A namespace is a DNS-1123 label.
+fn parse_namespace(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 63
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a namespace name (lowercase letters, digits and '-', at most 63)"
+        ))
     }
 }
 
@@ -171,22 +221,42 @@ impl Config {
         }
     }
 
-    pub fn identity(&self) -> PodIdentity {
+    /// The pod's namespace: POD_NAMESPACE, else its service account's, as
+    /// Kubernetes clients find it in a pod.
+    pub fn namespace(&self) -> Option<String> {
+        self.namespace_from(Path::new(SERVICE_ACCOUNT_NAMESPACE))
+    }
+
+    fn namespace_from(&self, service_account: &Path) -> Option<String> {
+        self.pod_namespace.clone().or_else(|| {
+            let text = std::fs::read_to_string(service_account).ok()?;
+            parse_namespace(text.trim()).ok()
+        })
+    }
+
+    /// Who the reports are from. Without a namespace there is no identity:
+    /// guessing `default` would file the pod's load under another workload.
+    pub fn identity(&self) -> Result<PodIdentity, ConfigError> {
+        self.identity_with(self.namespace())
+    }
+
+    fn identity_with(&self, namespace: Option<String>) -> Result<PodIdentity, ConfigError> {
+        let namespace = namespace.ok_or(ConfigError::NoNamespace)?;
         let pod = self.pod_name();
         let (kind, name) = self
             .workload
             .clone()
             .unwrap_or_else(|| ("pod".to_owned(), pod.clone()));
-        PodIdentity {
-            namespace: self.pod_namespace.clone(),
+        Ok(PodIdentity {
+            namespace: namespace.clone(),
             pod,
             workload: Some(WorkloadRef {
-                namespace: self.pod_namespace.clone(),
+                namespace,
                 kind,
                 name,
             }),
             pod_ip: self.pod_ip.clone(),
-        }
+        })
     }
 
     /// How `/readyz` asks the app whether it is ready.
@@ -224,9 +294,68 @@ mod tests {
         assert_eq!(c.drain_period, Duration::from_secs(5));
         assert!(c.forwarded_headers);
         assert_eq!(c.app_ready_timeout, Duration::from_secs(1));
-        let id = c.identity();
+        let id = c.identity_with(Some("shop".into())).unwrap_or_default();
         let w = id.workload.unwrap_or_default();
         assert_eq!((w.kind.as_str(), w.name.as_str()), ("pod", "web-1"));
+        assert_eq!(
+            (id.namespace.as_str(), w.namespace.as_str()),
+            ("shop", "shop")
+        );
+    }
+
+    #[test]
+    fn report_interval_is_bounded() {
+        for (text, ok) in [
+            ("1ms", false),
+            ("99ms", false),
+            ("100ms", true),
+            ("1s", true),
+            ("60s", true),
+            ("61s", false),
+            ("49days", false),
+        ] {
+            let c = parse(&["--upstream", "127.0.0.1:1", "--report-interval", text]);
+            match (c, ok) {
+                (Ok(c), true) => assert_eq!(
+                    Ok(c.report_interval),
+                    humantime::parse_duration(text).map_err(|_| ())
+                ),
+                (Err(e), false) => {
+                    assert!(e.to_string().contains("must be from 100ms to 1m"), "{e}")
+                }
+                (c, _) => panic!("{text}: {c:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_namespace_is_an_error_not_default() {
+        let c = parse(&["--upstream", "127.0.0.1:1", "--pod-name", "web-1"]);
+        let Ok(c) = c else {
+            return assert!(c.is_ok(), "{c:?}");
+        };
+        let nowhere = Path::new("/nonexistent/serviceaccount/namespace");
+        assert_eq!(c.namespace_from(nowhere), None);
+        assert_eq!(c.identity_with(None), Err(ConfigError::NoNamespace));
+        let message = ConfigError::NoNamespace.to_string();
+        assert!(message.contains("POD_NAMESPACE is not set"), "{message}");
+        // The service account's namespace is the fallback, as for client-go.
+        let dir = std::env::temp_dir().join(format!("inflight-ns-{}", std::process::id()));
+        let file = dir.join("namespace");
+        let written = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&file, "shop\n"));
+        assert!(written.is_ok(), "{written:?}");
+        assert_eq!(c.namespace_from(&file).as_deref(), Some("shop"));
+        let _ = std::fs::remove_dir_all(&dir);
+        // POD_NAMESPACE wins, and must be a namespace name.
+        let c = parse(&["--upstream", "127.0.0.1:1", "--pod-namespace", "web"]);
+        assert_eq!(
+            c.ok().and_then(|c| c.namespace_from(nowhere)).as_deref(),
+            Some("web")
+        );
+        for bad in ["", "Shop", "-x", &"a".repeat(64)] {
+            let c = parse(&["--upstream", "127.0.0.1:1", "--pod-namespace", bad]);
+            assert!(c.is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

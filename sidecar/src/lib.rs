@@ -43,6 +43,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Target(#[from] report::TargetError),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     #[error("cannot start a worker thread: {0}")]
     Worker(#[source] std::io::Error),
 }
@@ -50,6 +52,12 @@ pub enum Error {
 /// Runs the proxy until `shutdown` resolves, then drains and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let targets = Target::parse_list(&config.aggregator)?;
+    let identity = match config.identity() {
+        Ok(identity) => identity,
+        // Nothing is reported, so nothing needs the namespace.
+        Err(_) if targets.is_empty() => Default::default(),
+        Err(error) => return Err(error.into()),
+    };
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -65,7 +73,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     report_metrics.register(&mut registry);
     let reporter = Reporter::spawn(
         stats.clone(),
-        config.identity(),
+        identity,
         targets,
         config.report_interval,
         report_metrics,

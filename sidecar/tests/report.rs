@@ -276,7 +276,7 @@ async fn a_stuck_aggregator_does_not_hold_up_requests() {
             "--aggregator",
             &stuck_addr.to_string(),
             "--report-interval",
-            "50ms",
+            "100ms",
         ],
     )
     .await;
@@ -334,4 +334,30 @@ async fn every_aggregator_replica_gets_every_report() {
     }
     let stats = proxy.stats().await;
     assert_eq!(stats["aggregators"].as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test]
+async fn reporting_without_a_namespace_refuses_to_start_with_the_reason() {
+    if std::path::Path::new(inflight_proxy::config::SERVICE_ACCOUNT_NAMESPACE).exists() {
+        // In a pod the service account's namespace is the fallback.
+        eprintln!("skipped: this machine has a service account namespace");
+        return;
+    }
+    let sink = IngestSink::start().await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_inflight-proxy"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--upstream", "127.0.0.1:1"])
+        .args(["--aggregator", &format!("http://{}", sink.addr)])
+        .env("POD_NAME", "web-1")
+        .env_remove("POD_NAMESPACE")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the proxy exits rather than serving")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("POD_NAMESPACE is not set"), "{stderr}");
 }
