@@ -13,6 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use inflight_proto::{latency_bucket, LATENCY_BUCKETS};
+use inflight_runtime::lock;
 use tokio::sync::Notify;
 
 /// How a counted request ended.
@@ -147,11 +148,7 @@ struct Shard(Mutex<Tally>);
 
 impl Shard {
     fn lock(&self) -> MutexGuard<'_, Tally> {
-        // The lock guards plain arithmetic that cannot panic half-way, so a
-        // poisoned lock still holds consistent figures.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.0)
     }
 }
 
@@ -332,10 +329,6 @@ impl Stats {
         c.latency.sum_seconds = Duration::from_nanos(sum_nanos).as_secs_f64();
         c
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Cumulative counters; two of them give an interval's figures.
