@@ -21,7 +21,9 @@
 //!   timeline restarts at the new clock, since holding it would date every
 //!   report in the future until the clock caught up.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
+
+use inflight_runtime::time::{millis, unix_ms};
 
 /// Disagreement between the wall and monotonic clocks over one interval
 /// beyond which the wall clock counts as stepped; below it, ticks' jitter
@@ -49,22 +51,13 @@ pub struct WallClock {
     last_end_ms: Option<i64>,
 }
 
-/// Milliseconds since the Unix epoch; before it (a clock set to 1969) is 0.
-pub fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 impl WallClock {
     /// Dates an interval of monotonic length `length` that ends now, when the
     /// wall clock reads `wall_now`.
     pub fn place(&mut self, wall_now: SystemTime, length: Duration) -> Placed {
         let end = unix_ms(wall_now);
-        let length_ms = i64::try_from(length.as_millis()).unwrap_or(i64::MAX);
-        let natural_start = end.saturating_sub(length_ms).max(0);
-        let step_ms = i64::try_from(STEP.as_millis()).unwrap_or(i64::MAX);
-        let hold_ms = i64::try_from(HOLD.as_millis()).unwrap_or(i64::MAX);
+        let natural_start = end.saturating_sub(millis(length)).max(0);
+        let (step_ms, hold_ms) = (millis(STEP), millis(HOLD));
         let (start, end, stepped_ms) = match self.last_end_ms {
             None => (natural_start, end, None),
             Some(last) => {
@@ -94,6 +87,7 @@ impl WallClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     const S: Duration = Duration::from_secs(1);
 
@@ -185,7 +179,6 @@ mod tests {
     #[test]
     fn a_clock_before_the_epoch_is_zero_not_a_panic() {
         let before = UNIX_EPOCH - Duration::from_secs(10);
-        assert_eq!(unix_ms(before), 0);
         let p = WallClock::default().place(before, S);
         assert_eq!(span(p), (0, 1));
     }
