@@ -1,5 +1,6 @@
 //! `/metrics`: the proxy's figures in the Prometheus text format, read
-//! straight from [`Stats`] at scrape time so the data path pays nothing extra.
+//! straight from [`Stats`] at scrape time so the data path pays nothing extra
+//! (one look at each worker's shard per scrape, so the figures agree).
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ struct StatsCollector(Arc<Stats>);
 impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let stats = &self.0;
+        let counters = stats.counters();
         encoder
             .encode_descriptor(
                 "requests_in_flight",
@@ -24,7 +26,7 @@ impl Collector for StatsCollector {
                 None,
                 MetricType::Gauge,
             )?
-            .encode_gauge(&(stats.in_flight() as i64))?;
+            .encode_gauge(&i64::try_from(stats.in_flight()).unwrap_or(i64::MAX))?;
 
         let mut requests = encoder.encode_descriptor(
             "requests",
@@ -35,10 +37,10 @@ impl Collector for StatsCollector {
         for class in Class::ALL {
             requests
                 .encode_family(&[("class", class.label())])?
-                .encode_counter::<NoLabelSet, _, u64>(&stats.responses(class), None)?;
+                .encode_counter::<NoLabelSet, _, u64>(&counters.class(class), None)?;
         }
 
-        let latency = stats.latency();
+        let latency = &counters.latency;
         let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_SECONDS
             .iter()
             .copied()

@@ -237,6 +237,18 @@ async fn n_slow_requests_in_flight_read_as_n() {
         .wait_stats(Duration::from_secs(5), |s| s["in_flight"] == 0)
         .await;
     assert_eq!(after["responses"]["2xx"], N);
+    // The connections were spread over the workers' shards; a scrape adds
+    // them up.
+    let metrics =
+        String::from_utf8(get(proxy.admin, "/metrics").await.unwrap().1.to_vec()).unwrap();
+    assert!(
+        metrics.contains(&format!("\ninflight_requests_total{{class=\"2xx\"}} {N}\n")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("\ninflight_request_duration_seconds_count {N}\n")),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
