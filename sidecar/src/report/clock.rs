@@ -176,6 +176,49 @@ mod tests {
         assert_eq!(span(p), (T0 + 1, T0 + 1000));
     }
 
+    /// Invariants over many intervals with random lengths and random clock
+    /// steps (a fixed xorshift sequence, so a failure reproduces).
+    #[test]
+    fn reports_never_overlap_never_run_ahead_and_tile_time_between_steps() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (step, hold) = (millis(STEP), millis(HOLD));
+        let mut clock = WallClock::default();
+        let mut wall = T0;
+        let mut last_end = None::<i64>;
+        for i in 0..100_000 {
+            let length = 100 + i64::try_from(next(5_000)).unwrap_or(0);
+            // Mostly no step; sometimes a small or a large one either way.
+            let stepped = match next(10) {
+                0 => i64::try_from(next(2 * 3_600_000)).unwrap_or(0) - 3_600_000,
+                1 => i64::try_from(next(4_000)).unwrap_or(0) - 2_000,
+                _ => i64::try_from(next(5)).unwrap_or(0) - 2,
+            };
+            wall += length + stepped;
+            let p = clock.place(at(wall), Duration::from_millis(length.unsigned_abs()));
+            let (start, end) = span(p);
+            assert!(p.length_ms >= 1, "{i}: {p:?}");
+            assert!(end <= wall + hold + 1, "{i}: {p:?} runs ahead of {wall}");
+            if let Some(last) = last_end {
+                let restarted = last - wall > hold;
+                if !restarted {
+                    assert!(start >= last, "{i}: {p:?} overlaps the last end {last}");
+                }
+                let drift = wall - length - last;
+                if drift.abs() <= step && !restarted {
+                    assert_eq!(start, last, "{i}: {p:?} leaves a gap");
+                }
+                assert_eq!(p.stepped_ms.is_some(), drift.abs() > step, "{i}: {p:?}");
+            }
+            last_end = Some(end);
+        }
+    }
+
     #[test]
     fn a_clock_before_the_epoch_is_zero_not_a_panic() {
         let before = UNIX_EPOCH - Duration::from_secs(10);
