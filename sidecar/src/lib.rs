@@ -66,7 +66,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let listener = bind(config.listen).await?;
     let admin_listener = bind(config.admin_listen).await?;
 
-    let stats = Arc::new(Stats::new(config.workers()));
+    let worker_count = config.workers();
+    let stats = Arc::new(Stats::new(worker_count));
     let mut registry = Registry::with_prefix(inflight_proto::names::METRIC_PREFIX);
     metrics::register(&mut registry, stats.clone());
     let report_metrics = ReportMetrics::default();
@@ -95,6 +96,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         listen = %config.listen,
         admin = %config.admin_listen,
         upstream = %config.upstream,
+        workers = worker_count,
         aggregators = ?config.aggregator,
         "inflight-proxy serving"
     );
@@ -123,7 +125,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // behind requests.
     let mut workers = Vec::new();
     let mut done = Vec::new();
-    for index in 0..config.workers() {
+    for index in 0..worker_count {
         let stats = stats.clone();
         let forwarder_config = forwarder_config.clone();
         let (worker, worker_done) = server::spawn_worker_thread(
