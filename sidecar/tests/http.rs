@@ -271,8 +271,10 @@ async fn kube_probe_requests_are_proxied_but_not_counted() {
 #[tokio::test]
 async fn client_cancel_is_cancelled_upstream_and_counted_as_cancelled() {
     let (dropped_tx, mut dropped_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let app = App::start(move |_r| {
         let dropped = dropped_tx.clone();
+        let _ = arrived_tx.send(());
         async move {
             // Tells the test when the proxy gives up on this request.
             struct OnDrop(tokio::sync::mpsc::UnboundedSender<()>);
@@ -296,6 +298,11 @@ async fn client_cancel_is_cancelled_upstream_and_counted_as_cancelled() {
     proxy
         .wait_stats(Duration::from_secs(5), |s| s["in_flight"] == 1)
         .await;
+    // In flight at the proxy is not yet at the app: the worker runs apart
+    // from the admin server, so wait until the app has the request.
+    tokio::time::timeout(Duration::from_secs(30), arrived_rx.recv())
+        .await
+        .expect("the request reaches the app");
     drop(stream);
     tokio::time::timeout(Duration::from_secs(5), dropped_rx.recv())
         .await
