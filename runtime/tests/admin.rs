@@ -1,6 +1,7 @@
 //! The admin server against real TCP clients on loopback: slow and idle clients are closed, the
 //! connection cap holds, and well-behaved callers are served meanwhile.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::time::Duration;
 
 use http::StatusCode;
