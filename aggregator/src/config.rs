@@ -36,6 +36,10 @@ pub struct Config {
     /// The longest `window` a trigger may ask for; each workload keeps this many seconds.
     #[arg(long, env = "INFLIGHT_MAX_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
     pub max_window: Duration,
+    /// On SIGTERM the report and `StreamIsActive` streams end at once and calls in progress
+    /// finish; connections still open after this long (a peer that never answers) are dropped.
+    #[arg(long, env = "INFLIGHT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
     /// How often `StreamIsActive` repeats an unchanged answer.
     #[arg(long, env = "INFLIGHT_STREAM_KEEPALIVE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub stream_keepalive: Duration,

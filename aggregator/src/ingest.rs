@@ -1,6 +1,7 @@
 //! `inflight.v1.Ingest/Report`: the long-lived streams of sidecars and activators. A report that
 //! contradicts itself ends its stream with `INVALID_ARGUMENT` naming the reason, after everything
-//! before it was taken; it changes nothing itself.
+//! before it was taken; it changes nothing itself. When the aggregator stops, each stream ends with
+//! `UNAVAILABLE`: the reporter reconnects, to another replica if there is one.
 
 use std::sync::Arc;
 
@@ -11,11 +12,13 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::registry::Registry;
+use crate::stopping::Stopping;
 
 #[derive(Debug, Clone)]
 pub struct IngestService {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    pub stopping: Stopping,
 }
 
 /// Keeps the connected-streams gauge right however the stream ends.
@@ -37,7 +40,18 @@ impl Ingest for IngestService {
         self.metrics.streams.inc();
         let _connected = Connected(&self.metrics);
         let mut accepted = 0u64;
-        while let Some(report) = stream.message().await? {
+        loop {
+            let report = tokio::select! {
+                // What has arrived is taken before the stream is ended.
+                biased;
+                message = stream.message() => message?,
+                () = self.stopping.wait() => {
+                    return Err(Status::unavailable(format!(
+                        "the aggregator is shutting down; {accepted} reports of this stream were taken"
+                    )));
+                }
+            };
+            let Some(report) = report else { break };
             match self.registry.apply(&report, now_ms()) {
                 Ok(()) => {
                     accepted += 1;

@@ -7,7 +7,8 @@
 //! - [`scaler`]: KEDA's `ExternalScaler`, with the trigger metadata it understands;
 //! - [`smi`]: the SMI Traffic Metrics API for the aggregation layer;
 //! - [`otlp`]: OTLP metrics out, when asked for;
-//! - [`metrics`], [`admin`]: its own figures.
+//! - [`metrics`], [`admin`]: its own figures;
+//! - [`stopping`]: what ends the long-lived streams on shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ pub mod otlp;
 pub mod registry;
 pub mod scaler;
 pub mod smi;
+pub mod stopping;
 pub mod traffic;
 pub mod validate;
 pub mod window;
@@ -34,7 +36,9 @@ pub use config::Config;
 pub use inflight_runtime::now_ms;
 use inflight_runtime::time::millis;
 
-/// Serves until `shutdown` completes.
+/// Serves until `shutdown` completes, then ends every report and push stream, lets calls in
+/// progress finish and returns once every gRPC connection has closed, or after
+/// `--shutdown-timeout`.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -103,24 +107,44 @@ pub async fn run(
         })
     };
 
+    let (stop, stopping) = stopping::channel();
     let ingest = ingest::IngestService {
         registry: registry.clone(),
         metrics: metrics.clone(),
+        stopping: stopping.clone(),
     };
     let scaler = scaler::ScalerService {
         registry,
         metrics,
         max_window: config.max_window,
         keepalive: config.stream_keepalive,
+        stopping: stopping.clone(),
     };
     let served = tonic::transport::Server::builder()
         .add_service(IngestServer::new(ingest))
         .add_service(ExternalScalerServer::new(scaler))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc),
-            shutdown,
-        )
-        .await;
+            async move { stopping.wait().await },
+        );
+    tokio::pin!(served);
+    let served = tokio::select! {
+        served = &mut served => served,
+        () = shutdown => {
+            tracing::info!("shutting down: ending the report and push streams");
+            stop.stop();
+            // tonic stops accepting, sends GOAWAY and waits for each connection to close: those
+            // whose streams have ended close at once, but a peer that never answers (or never
+            // finished its handshake) would hold the process until SIGKILL.
+            match tokio::time::timeout(config.shutdown_timeout, &mut served).await {
+                Ok(served) => served,
+                Err(_) => {
+                    tracing::warn!(after = ?config.shutdown_timeout, "gRPC connections still open; leaving them to the process's end");
+                    Ok(())
+                }
+            }
+        }
+    };
     sweeper.abort();
     served.map_err(|e| anyhow::anyhow!("gRPC server: {e}"))
 }

@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status};
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::registry::Registry;
+use crate::stopping::Stopping;
 use metadata::Trigger;
 
 #[derive(Debug, Clone)]
@@ -32,6 +33,7 @@ pub struct ScalerService {
     pub max_window: Duration,
     /// How often `StreamIsActive` repeats an unchanged answer, so the stream stays alive.
     pub keepalive: Duration,
+    pub stopping: Stopping,
 }
 
 impl ScalerService {
@@ -72,6 +74,7 @@ impl ExternalScaler for ScalerService {
         let registry = self.registry.clone();
         let keepalive = self.keepalive;
         let mut busy = registry.watch_busy(&t.workload);
+        let stopping = self.stopping.clone();
         tokio::spawn(async move {
             let mut last: Option<(bool, tokio::time::Instant)> = None;
             loop {
@@ -93,6 +96,10 @@ impl ExternalScaler for ScalerService {
                     changed = busy.changed() => if changed.is_err() { return },
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     () = tx.closed() => return,
+                    () = stopping.wait() => {
+                        let _ = tx.send(Err(Status::unavailable("the aggregator is shutting down"))).await;
+                        return;
+                    }
                 }
             }
         });
