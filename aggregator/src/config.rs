@@ -40,14 +40,38 @@ pub struct Config {
     /// finish; connections still open after this long (a peer that never answers) are dropped.
     #[arg(long, env = "INFLIGHT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
-    /// How often `StreamIsActive` repeats an unchanged answer.
-    #[arg(long, env = "INFLIGHT_STREAM_KEEPALIVE", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub stream_keepalive: Duration,
+    /// `StreamIsActive` streams open at once (each watches one workload); more are refused with
+    /// `RESOURCE_EXHAUSTED`.
+    #[arg(long, env = "INFLIGHT_MAX_PUSH_STREAMS", default_value_t = 10_000)]
+    pub max_push_streams: usize,
+    /// HTTP/2 streams a gRPC client may have open on one connection (KEDA puts every
+    /// ScaledObject's `StreamIsActive` on one).
+    #[arg(long, env = "INFLIGHT_GRPC_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
+    pub grpc_max_concurrent_streams: u32,
+    /// HTTP/2 keepalive: a gRPC connection idle this long is pinged, and closed when the ping is
+    /// not answered within as long again, so the streams of a peer that vanished end.
+    #[arg(long, env = "INFLIGHT_GRPC_KEEPALIVE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub grpc_keepalive: Duration,
+    /// TCP keepalive of gRPC connections: first probe after this long idle, then one every as
+    /// long again; three unanswered probes close the connection.
+    #[arg(long, env = "INFLIGHT_GRPC_TCP_KEEPALIVE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub grpc_tcp_keepalive: Duration,
 }
 
 impl Config {
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), String> {
+        for (flag, d) in [
+            ("--grpc-keepalive", self.grpc_keepalive),
+            ("--grpc-tcp-keepalive", self.grpc_tcp_keepalive),
+        ] {
+            if d < Duration::from_secs(1) {
+                return Err(format!("{flag} {d:?} is under 1s"));
+            }
+        }
+        if self.max_push_streams == 0 || self.grpc_max_concurrent_streams == 0 {
+            return Err("--max-push-streams and --grpc-max-concurrent-streams must be above 0".into());
+        }
         if self.burst_window.is_zero() || self.burst_window > self.stable_window {
             return Err(format!(
                 "--burst-window {:?} must be above 0 and at most --stable-window {:?}",

@@ -17,6 +17,7 @@ use std::time::Duration;
 use inflight_proto::externalscaler::external_scaler_server::ExternalScalerServer;
 use inflight_proto::v1::ingest_server::IngestServer;
 use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
 
 pub mod admin;
 pub mod config;
@@ -52,6 +53,15 @@ pub async fn run(
     }));
     let mut prometheus = prometheus_client::registry::Registry::with_prefix("inflight");
     let metrics = metrics::Metrics::new(&mut prometheus, registry.clone());
+    let (stop, stopping) = stopping::channel();
+    let push = Arc::new(scaler::push::Push::new(
+        registry.clone(),
+        config.max_push_streams,
+        stopping.clone(),
+    ));
+    prometheus
+        .sub_registry_with_prefix("aggregator")
+        .register_collector(push.collector());
 
     let grpc = TcpListener::bind(config.grpc_listen)
         .await
@@ -107,7 +117,6 @@ pub async fn run(
         })
     };
 
-    let (stop, stopping) = stopping::channel();
     let ingest = ingest::IngestService {
         registry: registry.clone(),
         metrics: metrics.clone(),
@@ -117,16 +126,20 @@ pub async fn run(
         registry,
         metrics,
         max_window: config.max_window,
-        keepalive: config.stream_keepalive,
-        stopping: stopping.clone(),
+        push: push.clone(),
     };
+    let incoming = TcpIncoming::from(grpc)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(config.grpc_tcp_keepalive))
+        .with_keepalive_interval(Some(config.grpc_tcp_keepalive))
+        .with_keepalive_retries(Some(3));
     let served = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.grpc_max_concurrent_streams)
+        .http2_keepalive_interval(Some(config.grpc_keepalive))
+        .http2_keepalive_timeout(Some(config.grpc_keepalive))
         .add_service(IngestServer::new(ingest))
         .add_service(ExternalScalerServer::new(scaler))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc),
-            async move { stopping.wait().await },
-        );
+        .serve_with_incoming_shutdown(incoming, async move { stopping.wait().await });
     tokio::pin!(served);
     let served = tokio::select! {
         served = &mut served => served,

@@ -2,11 +2,12 @@
 //!
 //! KEDA calls `GetMetrics` and `IsActive` every polling interval and `GetMetrics` again for each
 //! HPA query; it strips its own `sX-` prefix from the metric name and relabels whatever comes back
-//! with the name it asked for, so exactly one value is returned. `StreamIsActive` pushes `true` the
-//! moment a workload gets busy (KEDA ≥ 2.18 acts on each `true` at once) and `false` once it has
-//! been idle for `scaleToZeroAfter`.
+//! with the name it asked for, so exactly one value is returned. `StreamIsActive` ([`push`])
+//! answers at once, then pushes `true` the moment a workload gets busy (KEDA ≥ 2.18 acts on each
+//! `true` at once) and `false` once it has been idle for `scaleToZeroAfter`, and nothing else.
 
 pub mod metadata;
+pub mod push;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,13 +17,11 @@ use inflight_proto::externalscaler::{
     GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
     MetricValue, ScaledObjectRef,
 };
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::registry::Registry;
-use crate::stopping::Stopping;
 use metadata::Trigger;
 
 #[derive(Debug, Clone)]
@@ -31,9 +30,7 @@ pub struct ScalerService {
     pub metrics: Arc<Metrics>,
     /// The longest `window` a trigger may ask for.
     pub max_window: Duration,
-    /// How often `StreamIsActive` repeats an unchanged answer, so the stream stays alive.
-    pub keepalive: Duration,
-    pub stopping: Stopping,
+    pub push: Arc<push::Push>,
 }
 
 impl ScalerService {
@@ -62,7 +59,7 @@ impl ExternalScaler for ScalerService {
         Ok(Response::new(IsActiveResponse { result }))
     }
 
-    type StreamIsActiveStream = ReceiverStream<Result<IsActiveResponse, Status>>;
+    type StreamIsActiveStream = push::PushStream;
 
     async fn stream_is_active(
         &self,
@@ -70,40 +67,8 @@ impl ExternalScaler for ScalerService {
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
         let _timer = self.metrics.scaler_call("StreamIsActive");
         let t = self.trigger(Some(request.get_ref()))?;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let registry = self.registry.clone();
-        let keepalive = self.keepalive;
-        let mut busy = registry.watch_busy(&t.workload);
-        let stopping = self.stopping.clone();
-        tokio::spawn(async move {
-            let mut last: Option<(bool, tokio::time::Instant)> = None;
-            loop {
-                let active = registry.is_active(&t.workload, t.scale_to_zero_after_ms, now_ms());
-                let due = last.is_none_or(|(was, at)| was != active || at.elapsed() >= keepalive);
-                if due {
-                    if tx
-                        .send(Ok(IsActiveResponse { result: active }))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    last = Some((active, tokio::time::Instant::now()));
-                }
-                // Wake at once when the workload gets busy (a first request in flight, a request
-                // held by an activator); otherwise look again every second for the idle deadline.
-                tokio::select! {
-                    changed = busy.changed() => if changed.is_err() { return },
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = tx.closed() => return,
-                    () = stopping.wait() => {
-                        let _ = tx.send(Err(Status::unavailable("the aggregator is shutting down"))).await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let answers = self.push.subscribe(t.workload, t.scale_to_zero_after_ms)?;
+        Ok(Response::new(answers))
     }
 
     async fn get_metric_spec(
