@@ -27,7 +27,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     #[command(flatten)]
     pub admin_limits: inflight_runtime::admin::AdminLimits,
-    /// The stable window (concurrency), Knative's default.
+    /// The stable window (concurrency), Knative's default; also the window of a trigger that
+    /// names none.
     #[arg(long, env = "INFLIGHT_STABLE_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
     pub stable_window: Duration,
     /// The burst window: when it reads at least twice the stable one, its value is answered.
@@ -36,6 +37,10 @@ pub struct Config {
     /// The longest `window` a trigger may ask for; each workload keeps this many seconds.
     #[arg(long, env = "INFLIGHT_MAX_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
     pub max_window: Duration,
+    /// Let a trigger's `namespace` key name another namespace than its ScaledObject's: whoever
+    /// may create a ScaledObject in one namespace could then scale on another's traffic.
+    #[arg(long, env = "INFLIGHT_ALLOW_CROSS_NAMESPACE")]
+    pub allow_cross_namespace: bool,
     /// On SIGTERM the report and `StreamIsActive` streams end at once and calls in progress
     /// finish; connections still open after this long (a peer that never answers) are dropped.
     #[arg(long, env = "INFLIGHT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]

@@ -125,7 +125,12 @@ pub async fn run(
     let scaler = scaler::ScalerService {
         registry,
         metrics,
-        max_window: config.max_window,
+        limits: scaler::metadata::Limits {
+            default_window: config.stable_window,
+            burst_window: config.burst_window,
+            max_window: config.max_window,
+            allow_cross_namespace: config.allow_cross_namespace,
+        },
         push: push.clone(),
     };
     let incoming = TcpIncoming::from(grpc)

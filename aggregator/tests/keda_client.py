@@ -136,7 +136,7 @@ expect(all(s is not None for s in slept), f"every stream got false: {sum(s is no
 for call in streams:
     call.cancel()
 
-# Malformed metadata: INVALID_ARGUMENT naming the key, for every RPC.
+# Malformed or refused metadata: INVALID_ARGUMENT naming the key, for every RPC.
 bad = [
     ("workload", ref(workload=None)),
     ("workload", ref(workload="web")),
@@ -144,6 +144,8 @@ bad = [
     ("target", ref(target="ten")),
     ("metric", ref(metric="rps")),
     ("window", ref(window="soon")),
+    ("window", ref(window="2s")),  # shorter than the burst window (6 s)
+    ("namespace", ref(namespace="payments")),  # not the ScaledObject's namespace
     ("scaleToZeroAfter", ref(scaleToZeroAfter="later")),
 ]
 checked = 0

@@ -59,6 +59,6 @@ fn python_keda_client_drives_all_four_rpcs() {
         String::from_utf8_lossy(&out.stderr)
     );
     let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(result["invalid_argument_checks"], 28, "{result}");
+    assert_eq!(result["invalid_argument_checks"], 36, "{result}");
     println!("python KEDA client: {result}");
 }

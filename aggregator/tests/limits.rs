@@ -321,3 +321,39 @@ async fn a_push_stream_says_only_what_changed() {
     let answer = request.await.unwrap();
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_follow_the_window_flags_and_stay_in_their_namespace() {
+    let strict = Aggregator::start(&["--stable-window", "30s", "--burst-window", "10s"]);
+    let open = Aggregator::start(&["--allow-cross-namespace"]);
+    let with = |pairs: &[(&str, &str)]| {
+        let mut r = reference("web", "300s");
+        for (k, v) in pairs {
+            r.scaler_metadata.insert((*k).to_owned(), (*v).to_owned());
+        }
+        r
+    };
+    let mut scaler = ExternalScalerClient::connect(strict.url()).await.unwrap();
+    for (pairs, key) in [
+        (&[("window", "8s")][..], "\"window\""),
+        (&[("namespace", "payments")][..], "\"namespace\""),
+    ] {
+        let e = scaler.get_metric_spec(with(pairs)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        assert!(e.message().contains(key), "{key} named in {e}");
+    }
+    scaler
+        .get_metric_spec(with(&[("window", "10s"), ("namespace", "shop")]))
+        .await
+        .unwrap();
+    let mut scaler = ExternalScalerClient::connect(open.url()).await.unwrap();
+    let spec = scaler
+        .get_metric_spec(with(&[("namespace", "payments")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        spec.metric_specs[0].metric_name,
+        "inflight-payments-deployment-web"
+    );
+}

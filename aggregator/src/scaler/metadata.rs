@@ -6,10 +6,10 @@
 //!   metadata:
 //!     scalerAddress: inflight-aggregator.inflight.svc:9090
 //!     workload: deployment/web        # required: KIND/NAME
-//!     namespace: shop                 # default: the ScaledObject's
+//!     namespace: shop                 # default and only allowed value: the ScaledObject's
 //!     metric: concurrency             # or requestRate
 //!     target: "10"                    # per replica, required
-//!     window: 60s                     # default 60s
+//!     window: 60s                     # default --stable-window; at least --burst-window
 //!     scaleToZeroAfter: 5m            # default 300s
 //! ```
 
@@ -19,8 +19,21 @@ use inflight_proto::externalscaler::ScaledObjectRef;
 
 use crate::registry::{Metric, WorkloadKey};
 
-pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 pub const DEFAULT_SCALE_TO_ZERO_AFTER: Duration = Duration::from_secs(300);
+
+/// What the aggregator's flags allow a trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `--stable-window`: the window of a trigger that names none.
+    pub default_window: Duration,
+    /// `--burst-window`: a shorter trigger window would make the burst rule compare a window
+    /// with a longer one.
+    pub burst_window: Duration,
+    /// `--max-window`: the ring keeps no more.
+    pub max_window: Duration,
+    /// `--allow-cross-namespace`: may a ScaledObject scale on another namespace's workload?
+    pub allow_cross_namespace: bool,
+}
 
 /// A parsed trigger.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,7 +78,7 @@ fn duration(key: &'static str, text: &str) -> Result<Duration, BadMetadata> {
         .map_err(|e| bad(key, format!("{text:?} is not a duration ({e})")))
 }
 
-pub fn parse(r: &ScaledObjectRef, max_window: Duration) -> Result<Trigger, BadMetadata> {
+pub fn parse(r: &ScaledObjectRef, limits: &Limits) -> Result<Trigger, BadMetadata> {
     let m = &r.scaler_metadata;
     let workload = m
         .get("workload")
@@ -81,6 +94,16 @@ pub fn parse(r: &ScaledObjectRef, max_window: Duration) -> Result<Trigger, BadMe
         })?;
     let namespace = match m.get("namespace") {
         Some(ns) if ns.is_empty() => return Err(bad("namespace", "empty")),
+        // Scaling on another namespace's traffic is reading it: only when the operator said so.
+        Some(ns) if *ns != r.namespace && !limits.allow_cross_namespace => {
+            return Err(bad(
+                "namespace",
+                format!(
+                    "{ns:?} is not the ScaledObject's namespace {:?} (the aggregator runs without --allow-cross-namespace)",
+                    r.namespace
+                ),
+            ))
+        }
         Some(ns) => ns.as_str(),
         None if r.namespace.is_empty() => {
             return Err(bad("namespace", "missing, and the ScaledObject has none"))
@@ -108,11 +131,15 @@ pub fn parse(r: &ScaledObjectRef, max_window: Duration) -> Result<Trigger, BadMe
         .ok_or_else(|| bad("target", format!("{target:?} is not a number above 0")))?;
     let window = m
         .get("window")
-        .map_or(Ok(DEFAULT_WINDOW), |w| duration("window", w))?;
-    if window.is_zero() || window > max_window {
+        .map_or(Ok(limits.default_window), |w| duration("window", w))?;
+    let shortest = limits.burst_window.max(Duration::from_secs(1));
+    if window < shortest || window > limits.max_window {
         return Err(bad(
             "window",
-            format!("{window:?} is not between 1s and {max_window:?}"),
+            format!(
+                "{window:?} is not between {shortest:?} (--burst-window) and {:?} (--max-window)",
+                limits.max_window
+            ),
         ));
     }
     let scale_to_zero_after = m
@@ -144,13 +171,18 @@ mod tests {
         }
     }
 
-    const MAX: Duration = Duration::from_secs(600);
+    const LIMITS: Limits = Limits {
+        default_window: Duration::from_secs(60),
+        burst_window: Duration::from_secs(6),
+        max_window: Duration::from_secs(600),
+        allow_cross_namespace: false,
+    };
 
     #[test]
     fn defaults() {
         let t = parse(
             &reference(&[("workload", "Deployment/web"), ("target", "10")]),
-            MAX,
+            &LIMITS,
         )
         .unwrap();
         assert_eq!(t.workload, WorkloadKey::new("shop", "deployment", "web"));
@@ -172,7 +204,10 @@ mod tests {
                 ("window", "2m"),
                 ("scaleToZeroAfter", "30"),
             ]),
-            MAX,
+            &Limits {
+                allow_cross_namespace: true,
+                ..LIMITS
+            },
         )
         .unwrap();
         assert_eq!(t.workload, WorkloadKey::new("data", "statefulset", "db"));
@@ -240,8 +275,57 @@ mod tests {
             ),
         ];
         for (pairs, key) in cases {
-            let e = parse(&reference(pairs), MAX).unwrap_err();
+            let e = parse(&reference(pairs), &LIMITS).unwrap_err();
             assert_eq!(e.key, *key, "{pairs:?}: {e}");
         }
+    }
+
+    #[test]
+    fn the_default_window_is_the_stable_window() {
+        let limits = Limits {
+            default_window: Duration::from_secs(20),
+            ..LIMITS
+        };
+        let t = parse(
+            &reference(&[("workload", "deployment/web"), ("target", "1")]),
+            &limits,
+        )
+        .unwrap();
+        assert_eq!(t.window_ms, 20_000);
+    }
+
+    #[test]
+    fn a_window_shorter_than_the_burst_window_is_refused() {
+        let r = |w: &str| reference(&[("workload", "deployment/web"), ("target", "1"), ("window", w)]);
+        let e = parse(&r("5s"), &LIMITS).unwrap_err();
+        assert_eq!(e.key, "window", "{e}");
+        assert!(e.why.contains("--burst-window"), "{e}");
+        assert_eq!(parse(&r("6s"), &LIMITS).unwrap().window_ms, 6_000);
+    }
+
+    #[test]
+    fn another_namespace_only_when_allowed() {
+        let r = reference(&[
+            ("workload", "deployment/web"),
+            ("target", "1"),
+            ("namespace", "payments"),
+        ]);
+        let e = parse(&r, &LIMITS).unwrap_err();
+        assert_eq!(e.key, "namespace", "{e}");
+        assert!(e.why.contains("--allow-cross-namespace"), "{e}");
+        let same = reference(&[
+            ("workload", "deployment/web"),
+            ("target", "1"),
+            ("namespace", "shop"),
+        ]);
+        assert_eq!(parse(&same, &LIMITS).unwrap().workload.namespace, "shop");
+        let allowed = Limits {
+            allow_cross_namespace: true,
+            ..LIMITS
+        };
+        assert_eq!(
+            parse(&r, &allowed).unwrap().workload,
+            WorkloadKey::new("payments", "deployment", "web")
+        );
     }
 }

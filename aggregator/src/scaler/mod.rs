@@ -10,7 +10,6 @@ pub mod metadata;
 pub mod push;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use inflight_proto::externalscaler::external_scaler_server::ExternalScaler;
 use inflight_proto::externalscaler::{
@@ -28,15 +27,15 @@ use metadata::Trigger;
 pub struct ScalerService {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
-    /// The longest `window` a trigger may ask for.
-    pub max_window: Duration,
+    /// What a trigger may ask for.
+    pub limits: metadata::Limits,
     pub push: Arc<push::Push>,
 }
 
 impl ScalerService {
     fn trigger(&self, r: Option<&ScaledObjectRef>) -> Result<Trigger, Status> {
         let r = r.ok_or_else(|| Status::invalid_argument("no scaledObjectRef"))?;
-        metadata::parse(r, self.max_window).map_err(|e| Status::invalid_argument(e.to_string()))
+        metadata::parse(r, &self.limits).map_err(|e| Status::invalid_argument(e.to_string()))
     }
 }
 
