@@ -22,6 +22,16 @@ pub struct Config {
     /// Its private key (PEM).
     #[arg(long, env = "INFLIGHT_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// SMI API: the TLS handshake and each HTTP/1 request head must arrive within this (also how
+    /// long an HTTP/1 keep-alive connection may wait for its next request).
+    #[arg(long, env = "INFLIGHT_SMI_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub smi_header_read_timeout: Duration,
+    /// SMI API: a connection with no request in progress for this long is closed (h2: GOAWAY).
+    #[arg(long, env = "INFLIGHT_SMI_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub smi_idle_timeout: Duration,
+    /// SMI API: connections open at once; one more is closed as soon as it is accepted.
+    #[arg(long, env = "INFLIGHT_SMI_MAX_CONNECTIONS", default_value_t = 512)]
+    pub smi_max_connections: usize,
     /// `/metrics`, `/healthz`, `/readyz`.
     #[arg(long, env = "INFLIGHT_ADMIN_LISTEN", default_value = "0.0.0.0:15093")]
     pub admin_listen: SocketAddr,
@@ -74,8 +84,11 @@ impl Config {
                 return Err(format!("{flag} {d:?} is under 1s"));
             }
         }
-        if self.max_push_streams == 0 || self.grpc_max_concurrent_streams == 0 {
-            return Err("--max-push-streams and --grpc-max-concurrent-streams must be above 0".into());
+        if self.smi_header_read_timeout.is_zero() || self.smi_idle_timeout.is_zero() {
+            return Err("--smi-header-read-timeout and --smi-idle-timeout must be above 0".into());
+        }
+        if self.max_push_streams == 0 || self.smi_max_connections == 0 || self.grpc_max_concurrent_streams == 0 {
+            return Err("--max-push-streams, --smi-max-connections and --grpc-max-concurrent-streams must be above 0".into());
         }
         if self.burst_window.is_zero() || self.burst_window > self.stable_window {
             return Err(format!(

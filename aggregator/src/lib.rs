@@ -97,7 +97,18 @@ pub async fn run(
         Arc::new(prometheus),
         ready,
     ));
-    tokio::spawn(smi::serve(smi, identity, registry.clone(), kube));
+    let smi_limits = smi::conn::Limits {
+        header_read_timeout: config.smi_header_read_timeout,
+        idle_timeout: config.smi_idle_timeout,
+        max_connections: config.smi_max_connections,
+    };
+    tokio::spawn(smi::serve(
+        smi,
+        smi_limits,
+        identity,
+        registry.clone(),
+        kube,
+    ));
     if let Some(settings) = otlp::Settings::from_env(|k| std::env::var(k).ok()) {
         tracing::info!(endpoint = %settings.endpoint, interval = ?settings.interval, "exporting OTLP metrics");
         tokio::spawn(otlp::run(settings, registry.clone()));

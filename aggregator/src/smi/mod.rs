@@ -2,6 +2,7 @@
 //! server's aggregation layer through an APIService.
 
 pub mod auth;
+pub mod conn;
 pub mod routes;
 
 use std::convert::Infallible;
@@ -12,7 +13,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams};
@@ -101,10 +102,11 @@ fn acceptor(
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves the API until the process ends. Without a Kubernetes client there is no way to
-/// authenticate callers: every request is refused with 503 and the reason.
+/// Serves the API until the process ends, within `limits`. Without a Kubernetes client there is
+/// no way to authenticate callers: every request is refused with 503 and the reason.
 pub async fn serve(
     listener: TcpListener,
+    limits: conn::Limits,
     identity: Identity,
     registry: Arc<Registry>,
     client: Option<Client>,
@@ -141,9 +143,14 @@ pub async fn serve(
     } else {
         tracing::warn!("SMI API: no Kubernetes API (no in-cluster config, no KUBECONFIG): callers cannot be authenticated and are refused");
     }
+    let admission = limits.admission();
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
+        let Ok((tcp, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Some(permit) = admission.try_admit() else {
+            tracing::debug!(%peer, max = limits.max_connections, "SMI API: --smi-max-connections reached; connection closed");
             continue;
         };
         let Some(tls) = read(&current).clone() else {
@@ -151,7 +158,10 @@ pub async fn serve(
         };
         let server = server.clone();
         tokio::spawn(async move {
-            let Ok(stream) = tls.accept(tcp).await else {
+            let _permit = permit;
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(limits.header_read_timeout, tls.accept(tcp)).await
+            else {
                 return;
             };
             let peer_cn = stream
@@ -160,13 +170,31 @@ pub async fn serve(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(|c| auth::common_name(c));
-            let service = service_fn(move |request| {
-                let (server, peer_cn) = (server.clone(), peer_cn.clone());
-                async move { Ok::<_, Infallible>(server.handle(request, peer_cn.as_deref()).await) }
+            let activity = conn::Activity::new();
+            let service = service_fn({
+                let activity = activity.clone();
+                move |request| {
+                    let (server, peer_cn, activity) =
+                        (server.clone(), peer_cn.clone(), activity.clone());
+                    async move {
+                        let response = activity
+                            .serving(server.handle(request, peer_cn.as_deref()))
+                            .await;
+                        Ok::<_, Infallible>(response)
+                    }
+                }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let builder = limits.builder();
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                () = activity.idle_for(limits.idle_timeout) => {}
+            }
+            // Idle: HTTP/1 closes now; h2 sends GOAWAY and closes once its streams are done, which
+            // a peer that stopped reading could put off, so that too is bounded.
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(limits.header_read_timeout, connection).await;
         });
     }
 }

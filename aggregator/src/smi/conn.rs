@@ -1,0 +1,148 @@
+//! What the SMI API allows each client, so a slow or idle one costs a bounded amount for a bounded
+//! time (slowloris): a cap on open connections, a deadline for the TLS handshake and each HTTP/1
+//! request head, and an idle timeout for connections with no request in progress.
+//!
+//! hyper's HTTP/1 `header_read_timeout` runs from the moment hyper waits for a head: right after
+//! the handshake and, on a keep-alive connection, right after the previous response, so an idle
+//! HTTP/1 connection is closed after it too. HTTP/2 connections (the API server's aggregation
+//! layer speaks h2) have no head timer: the idle timeout closes them with a GOAWAY.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// The limits, from the `--smi-*` flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The TLS handshake, and each HTTP/1 request head, must arrive within this.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 512,
+        }
+    }
+}
+
+impl Limits {
+    /// A server builder for HTTP/1.1 and h2 that enforces the head deadline.
+    pub(super) fn builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout);
+        builder.http2().timer(TokioTimer::new());
+        builder
+    }
+
+    pub(super) fn admission(&self) -> Admission {
+        Admission(Arc::new(Semaphore::new(self.max_connections.max(1))))
+    }
+}
+
+/// The open-connection cap: each connection holds a permit until it closes.
+#[derive(Debug, Clone)]
+pub(super) struct Admission(Arc<Semaphore>);
+
+impl Admission {
+    /// A permit, or none when every place is taken.
+    pub(super) fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.clone().try_acquire_owned().ok()
+    }
+}
+
+/// Requests in progress on one connection, and since when that count last changed.
+#[derive(Debug, Clone)]
+pub(super) struct Activity(Arc<watch::Sender<(usize, Instant)>>);
+
+impl Activity {
+    pub(super) fn new() -> Self {
+        Self(Arc::new(watch::Sender::new((0, Instant::now()))))
+    }
+
+    /// Counts `request` as in progress while it runs.
+    pub(super) async fn serving<T>(&self, request: impl Future<Output = T>) -> T {
+        self.0.send_modify(|(n, at)| {
+            *n += 1;
+            *at = Instant::now();
+        });
+        // Decremented however the request ends, even when hyper drops it half-way.
+        struct Done<'a>(&'a watch::Sender<(usize, Instant)>);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.send_modify(|(n, at)| {
+                    *n = n.saturating_sub(1);
+                    *at = Instant::now();
+                });
+            }
+        }
+        let _done = Done(&self.0);
+        request.await
+    }
+
+    /// Completes once no request has been in progress for `idle`.
+    pub(super) async fn idle_for(&self, idle: Duration) {
+        let mut rx = self.0.subscribe();
+        loop {
+            let (in_progress, since) = *rx.borrow_and_update();
+            if in_progress == 0 {
+                tokio::select! {
+                    () = tokio::time::sleep_until(since + idle) => return,
+                    _ = rx.changed() => {}
+                }
+            } else if rx.changed().await.is_err() {
+                // The sender lives as long as `self`; this cannot end otherwise.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_counts_from_the_end_of_the_last_request() {
+        let activity = Activity::new();
+        let idle = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.idle_for(Duration::from_millis(200)).await }
+        });
+        let started = Instant::now();
+        activity
+            .serving(tokio::time::sleep(Duration::from_millis(300)))
+            .await;
+        idle.await.unwrap();
+        // Never before the request ended plus a whole idle period (a lower bound only).
+        assert!(started.elapsed() >= Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_full_house_admits_no_one_until_a_place_frees() {
+        let admission = Limits {
+            max_connections: 2,
+            ..Limits::default()
+        }
+        .admission();
+        let a = admission.try_admit().unwrap();
+        let _b = admission.try_admit().unwrap();
+        assert!(admission.try_admit().is_none());
+        drop(a);
+        assert!(admission.try_admit().is_some());
+    }
+}
