@@ -61,7 +61,11 @@ pub struct Config {
     pub max_push_streams: usize,
     /// HTTP/2 streams a gRPC client may have open on one connection (KEDA puts every
     /// ScaledObject's `StreamIsActive` on one).
-    #[arg(long, env = "INFLIGHT_GRPC_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
+    #[arg(
+        long,
+        env = "INFLIGHT_GRPC_MAX_CONCURRENT_STREAMS",
+        default_value_t = 1024
+    )]
     pub grpc_max_concurrent_streams: u32,
     /// HTTP/2 keepalive: a gRPC connection idle this long is pinged, and closed when the ping is
     /// not answered within as long again, so the streams of a peer that vanished end.
@@ -87,7 +91,10 @@ impl Config {
         if self.smi_header_read_timeout.is_zero() || self.smi_idle_timeout.is_zero() {
             return Err("--smi-header-read-timeout and --smi-idle-timeout must be above 0".into());
         }
-        if self.max_push_streams == 0 || self.smi_max_connections == 0 || self.grpc_max_concurrent_streams == 0 {
+        if self.max_push_streams == 0
+            || self.smi_max_connections == 0
+            || self.grpc_max_concurrent_streams == 0
+        {
             return Err("--max-push-streams, --smi-max-connections and --grpc-max-concurrent-streams must be above 0".into());
         }
         if self.burst_window.is_zero() || self.burst_window > self.stable_window {

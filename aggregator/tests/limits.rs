@@ -218,7 +218,9 @@ async fn connections_advertise_the_stream_cap_and_keep_tcp_alive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_streams_are_capped_and_unknown_workloads_leave_no_trace() {
     let aggregator = Aggregator::start(&["--max-push-streams", "5"]);
-    let mut scaler = ExternalScalerClient::connect(aggregator.url()).await.unwrap();
+    let mut scaler = ExternalScalerClient::connect(aggregator.url())
+        .await
+        .unwrap();
     let mut open = Vec::new();
     for i in 0..5 {
         let mut s = scaler
@@ -288,7 +290,9 @@ async fn push_streams_are_capped_and_unknown_workloads_leave_no_trace() {
 async fn a_push_stream_says_only_what_changed() {
     let aggregator = Aggregator::start(&[]);
     let proxy = proxy_in_front_of_demo_app(&aggregator.url(), "deployment/web", "web-1");
-    let mut scaler = ExternalScalerClient::connect(aggregator.url()).await.unwrap();
+    let mut scaler = ExternalScalerClient::connect(aggregator.url())
+        .await
+        .unwrap();
     let mut push = scaler
         .stream_is_active(reference("web", "1s"))
         .await

@@ -122,8 +122,12 @@ async fn a_peer_that_never_answers_cannot_hold_the_shutdown_past_its_bound() {
     let mut aggregator = Aggregator::start(&["--shutdown-timeout", "1s"]);
     // Connected, and then silent: its HTTP/2 handshake never finishes, so tonic's graceful
     // shutdown would wait for it for ever.
-    let silent = tokio::net::TcpStream::connect(aggregator.grpc).await.unwrap();
-    let mut scaler = ExternalScalerClient::connect(aggregator.url()).await.unwrap();
+    let silent = tokio::net::TcpStream::connect(aggregator.grpc)
+        .await
+        .unwrap();
+    let mut scaler = ExternalScalerClient::connect(aggregator.url())
+        .await
+        .unwrap();
     let mut push = scaler
         .stream_is_active(reference("web"))
         .await
@@ -133,7 +137,9 @@ async fn a_peer_that_never_answers_cannot_hold_the_shutdown_past_its_bound() {
     eventually("the silent connection to be accepted", async || {
         // Accepted connections are not counted anywhere; a second, answered call proves the
         // accept loop has gone past the silent one.
-        ExternalScalerClient::connect(aggregator.url()).await.is_ok()
+        ExternalScalerClient::connect(aggregator.url())
+            .await
+            .is_ok()
     })
     .await;
 

@@ -73,7 +73,10 @@ impl Smi {
             .unwrap();
         let until = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < until, "the SMI API did not listen on {addr}");
+            assert!(
+                Instant::now() < until,
+                "the SMI API did not listen on {addr}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Self {
@@ -173,7 +176,9 @@ async fn an_idle_h2_connection_is_closed() {
     let (mut h2, connection) = h2::client::handshake(tls).await.unwrap();
     let connection = tokio::spawn(connection);
     // One request answered (503: no Kubernetes API in this test), then nothing.
-    let request = http::Request::get("https://localhost/apis").body(()).unwrap();
+    let request = http::Request::get("https://localhost/apis")
+        .body(())
+        .unwrap();
     let (response, _) = h2.send_request(request, true).unwrap();
     let response = tokio::time::timeout(DEADLINE, response)
         .await

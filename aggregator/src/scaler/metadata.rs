@@ -296,7 +296,13 @@ mod tests {
 
     #[test]
     fn a_window_shorter_than_the_burst_window_is_refused() {
-        let r = |w: &str| reference(&[("workload", "deployment/web"), ("target", "1"), ("window", w)]);
+        let r = |w: &str| {
+            reference(&[
+                ("workload", "deployment/web"),
+                ("target", "1"),
+                ("window", w),
+            ])
+        };
         let e = parse(&r("5s"), &LIMITS).unwrap_err();
         assert_eq!(e.key, "window", "{e}");
         assert!(e.why.contains("--burst-window"), "{e}");

@@ -108,9 +108,7 @@ fn answers(receiver: watch::Receiver<bool>, permit: OwnedSemaphorePermit) -> Pus
         (last.replace(active) != Some(active)).then_some(Ok(IsActiveResponse { result: active }))
     });
     // The watch ends only when its watcher does, and that is only when the aggregator stops.
-    let end = tokio_stream::once(Err(Status::unavailable(
-        "the aggregator is shutting down",
-    )));
+    let end = tokio_stream::once(Err(Status::unavailable("the aggregator is shutting down")));
     Box::pin(changes.chain(end))
 }
 
