@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use inflight_proto::externalscaler::IsActiveResponse;
+use inflight_runtime::{lock, now_ms};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
@@ -20,7 +21,6 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
-use crate::now_ms;
 use crate::registry::{Registry, WorkloadKey};
 use crate::stopping::Stopping;
 
@@ -180,8 +180,4 @@ impl Collector for Census {
             )?;
         Ok(())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

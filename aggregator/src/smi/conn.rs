@@ -5,14 +5,17 @@
 //! hyper's HTTP/1 `header_read_timeout` runs from the moment hyper waits for a head: right after
 //! the handshake and, on a keep-alive connection, right after the previous response, so an idle
 //! HTTP/1 connection is closed after it too. HTTP/2 connections (the API server's aggregation
-//! layer speaks h2) have no head timer: the idle timeout closes them with a GOAWAY.
+//! layer speaks h2) have no head timer: the idle timeout closes them with a GOAWAY. Unlike the
+//! admin servers, which pause accepting at their cap, a connection past this cap is closed at once:
+//! the API server's aggregation layer retries, and a full house shows at once rather than as a hang.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
+use inflight_runtime::http::ConnLimits;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -38,15 +41,15 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// A server builder for HTTP/1.1 and h2 that enforces the head deadline.
+    /// A server builder for HTTP/1.1 and h2 that enforces the head deadline and pings idle h2
+    /// connections (the runtime's, as every inflight HTTP server does).
     pub(super) fn builder(&self) -> auto::Builder<TokioExecutor> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout);
-        builder.http2().timer(TokioTimer::new());
-        builder
+        ConnLimits {
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections,
+            ..ConnLimits::default()
+        }
+        .builder()
     }
 
     pub(super) fn admission(&self) -> Admission {
