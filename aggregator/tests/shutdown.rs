@@ -98,6 +98,16 @@ async fn sigterm_ends_report_and_push_streams_and_exits_0() {
         streams.push(s);
     }
 
+    // However many streams, one watcher per watched workload.
+    assert_eq!(
+        aggregator.metric("inflight_aggregator_push_streams").await,
+        Some(20.0)
+    );
+    assert_eq!(
+        aggregator.metric("inflight_aggregator_push_watched").await,
+        Some(2.0)
+    );
+
     terminate(&aggregator);
     for mut s in streams {
         let ended = tokio::time::timeout(EXIT_DEADLINE, async {
