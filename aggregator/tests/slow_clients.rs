@@ -137,22 +137,27 @@ async fn closed_by_server(mut stream: impl AsyncRead + Unpin) {
 async fn three_hundred_half_sent_heads_and_silent_connections_are_closed() {
     let smi = Arc::new(Smi::start(&[
         "--smi-header-read-timeout",
-        "2s",
+        "5s",
         "--smi-idle-timeout",
         "1h",
         "--smi-max-connections",
         "1000",
     ]));
     let connector = smi.connector(b"http/1.1");
+    // A few handshakes at a time, so that on a loaded machine none of them takes as long as the
+    // server allows (the deadline covers the handshake too).
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(16));
     let mut clients = Vec::new();
     for _ in 0..300 {
-        let (smi, connector) = (smi.clone(), connector.clone());
+        let (smi, connector, handshakes) = (smi.clone(), connector.clone(), handshakes.clone());
         clients.push(tokio::spawn(async move {
+            let turn = handshakes.acquire_owned().await.unwrap();
             let mut tls = smi.tls(&connector).await;
             tls.write_all(b"GET /apis HTTP/1.1\r\nHost: aggregator\r\n")
                 .await
                 .unwrap();
             tls.flush().await.unwrap();
+            drop(turn);
             closed_by_server(tls).await;
         }));
     }
