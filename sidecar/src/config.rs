@@ -69,6 +69,9 @@ pub struct Config {
     #[arg(long, env = "INFLIGHT_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
 
+    #[command(flatten)]
+    pub connections: Connections,
+
     /// This pod's name (downward API).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
@@ -271,6 +274,32 @@ impl Config {
     }
 }
 
+/// What the data port allows its clients, and how long connections live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct Connections {
+    /// Close a new connection that has not sent a whole request head (HTTP/1)
+    /// or told HTTP/1 from h2c (its first bytes) within this long.
+    #[arg(id = "data_header_read_timeout",
+        value_name = "DURATION", long = "header-read-timeout", env = "INFLIGHT_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Close an HTTP/1 keep-alive connection that has not sent the whole head
+    /// of its next request within this long of the previous response.
+    #[arg(long, env = "INFLIGHT_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
+    pub idle_timeout: Duration,
+
+    /// Client connections open at once; more wait in the listen backlog
+    /// until one closes.
+    #[arg(id = "data_max_connections",
+        value_name = "N", long = "max-connections", env = "INFLIGHT_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// HTTP/2 clients: ping a connection idle this long and close it when
+    /// the ping is not answered within as long again.
+    #[arg(long, env = "INFLIGHT_H2_KEEPALIVE", default_value = "20s", value_parser = parse_positive_duration)]
+    pub h2_keepalive: Duration,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +323,9 @@ mod tests {
         assert_eq!(c.drain_period, Duration::from_secs(5));
         assert!(c.forwarded_headers);
         assert_eq!(c.app_ready_timeout, Duration::from_secs(1));
+        assert_eq!(c.connections.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.connections.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.connections.max_connections, 4096);
         let id = c.identity_with(Some("shop".into())).unwrap_or_default();
         let w = id.workload.unwrap_or_default();
         assert_eq!((w.kind.as_str(), w.name.as_str()), ("pod", "web-1"));

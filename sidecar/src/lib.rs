@@ -132,12 +132,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             format!("inflight-worker-{index}"),
             move || CountingProxy::new(Forwarder::new(forwarder_config), stats, index),
             grace.clone(),
+            config.connections,
         )
         .map_err(Error::Worker)?;
         workers.push(worker);
         done.push(worker_done);
     }
-    let acceptor = tokio::spawn(server::accept(listener, workers, stop_rx));
+    let max_connections = config.connections.max_connections as usize;
+    let acceptor = tokio::spawn(server::accept(listener, workers, max_connections, stop_rx));
 
     shutdown.await;
     let started = Instant::now();

@@ -5,6 +5,16 @@
 //! its own single-threaded runtime and its own upstream pools (the way nginx
 //! runs one event loop per core). A connection lives on one worker, so the
 //! per-request path crosses no thread and takes no contended lock.
+//!
+//! In serve mode any pod in the cluster dials this port, so a client costs a
+//! bounded amount for a bounded time ([`Connections`]): a cap on open
+//! connections (accepting pauses at it), a deadline for a new connection's
+//! first request head, hyper's HTTP/1 header timer as the idle keep-alive
+//! timeout, and HTTP/2 pings that reap the connections of vanished peers.
+//! hyper's HTTP/1 `header_read_timeout` runs from the moment hyper waits for
+//! a head (right after the previous response), so it is the idle timeout;
+//! hyper-util's `auto` builder reads the first bytes before any hyper timer
+//! runs, so that phase and the first head have a deadline of their own.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,8 +25,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
+pub use crate::config::Connections;
 use crate::count::CountingProxy;
 
 /// How long open connections may take to finish once accepting has stopped.
@@ -25,17 +37,29 @@ pub type Grace = Arc<dyn Fn() -> Duration + Send + Sync>;
 /// Where accepted connections go.
 #[derive(Debug, Clone)]
 pub struct Worker {
-    connections: mpsc::UnboundedSender<std::net::TcpStream>,
+    connections: mpsc::UnboundedSender<Accepted>,
+}
+
+/// An accepted connection and its place under the connection cap, held
+/// until the connection closes.
+#[derive(Debug)]
+struct Accepted {
+    stream: std::net::TcpStream,
+    permit: OwnedSemaphorePermit,
 }
 
 /// Starts a worker on the current runtime; it serves what it is handed and,
 /// when the acceptor is gone, closes its connections gracefully and resolves
 /// the returned receiver.
-pub fn spawn_worker(proxy: CountingProxy, grace: Grace) -> (Worker, oneshot::Receiver<()>) {
+pub fn spawn_worker(
+    proxy: CountingProxy,
+    grace: Grace,
+    limits: Connections,
+) -> (Worker, oneshot::Receiver<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = oneshot::channel();
     tokio::spawn(async move {
-        work(rx, proxy, grace).await;
+        work(rx, proxy, grace, limits).await;
         let _ = done_tx.send(());
     });
     (Worker { connections: tx }, done_rx)
@@ -47,6 +71,7 @@ pub fn spawn_worker_thread(
     name: String,
     make_proxy: impl FnOnce() -> CountingProxy + Send + 'static,
     grace: Grace,
+    limits: Connections,
 ) -> std::io::Result<(Worker, oneshot::Receiver<()>)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -54,23 +79,30 @@ pub fn spawn_worker_thread(
     let (tx, rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = oneshot::channel();
     std::thread::Builder::new().name(name).spawn(move || {
-        runtime.block_on(work(rx, make_proxy(), grace));
+        runtime.block_on(work(rx, make_proxy(), grace, limits));
         let _ = done_tx.send(());
     })?;
     Ok((Worker { connections: tx }, done_rx))
 }
 
 async fn work(
-    mut connections: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    mut connections: mpsc::UnboundedReceiver<Accepted>,
     proxy: CountingProxy,
     grace: Grace,
+    limits: Connections,
 ) {
-    // No header-read timer on HTTP/1: it costs a timer per request, and the
-    // clients of a sidecar are the cluster's own proxies, not the internet.
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.idle_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.h2_keepalive)
+        .keep_alive_timeout(limits.h2_keepalive);
     let graceful = GracefulShutdown::new();
-    while let Some(stream) = connections.recv().await {
+    while let Some(Accepted { stream, permit }) = connections.recv().await {
         let Ok(stream) = TcpStream::from_std(stream) else {
             continue;
         };
@@ -78,19 +110,46 @@ async fn work(
             Ok(client) => client,
             Err(_) => continue,
         };
-        let proxy = proxy.clone();
-        let service = service_fn(move |request| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(request, client).await) }
-        });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        // Taken now, so a drain that starts while this connection is still
+        // sending its first bytes shuts it down as soon as it is served.
+        let watcher = graceful.watcher();
+        let (proxy, builder) = (proxy.clone(), builder.clone());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, %client, "connection ended with an error");
+            let _permit = permit;
+            let deadline = Instant::now() + limits.header_read_timeout;
+            let Some(protocol) = first_bytes(&stream, deadline).await else {
+                tracing::debug!(%client, "no request started in time; closing");
+                return;
+            };
+            let first_request = Arc::new(Notify::new());
+            let seen = first_request.clone();
+            let service = service_fn(move |request| {
+                seen.notify_one();
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(request, client).await) }
+            });
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let connection = watcher.watch(connection);
+            tokio::pin!(connection);
+            // HTTP/1: the first head is due by the deadline too. An h2c
+            // client may keep an idle connection open; pings watch it.
+            if protocol == Protocol::Http1 {
+                tokio::select! {
+                    ended = &mut connection => {
+                        log_end(ended, client);
+                        return;
+                    }
+                    started = tokio::time::timeout_at(deadline, first_request.notified()) => {
+                        if started.is_err() {
+                            tracing::debug!(%client, "no whole request head in time; closing");
+                            return;
+                        }
+                    }
+                }
             }
+            log_end(connection.await, client);
         });
     }
     let grace = grace();
@@ -105,15 +164,94 @@ async fn work(
     }
 }
 
+fn log_end(
+    ended: Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    client: std::net::SocketAddr,
+) {
+    if let Err(error) = ended {
+        tracing::debug!(%error, %client, "connection ended with an error");
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    H2c,
+}
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits, until `deadline`, for the client to send enough for hyper-util to
+/// tell HTTP/1 from h2c (a byte that is not the h2 preface's, or the whole
+/// preface), reading nothing. None: it sent nothing in time, or closed.
+async fn first_bytes(stream: &TcpStream, deadline: Instant) -> Option<Protocol> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
+        };
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(Protocol::Http1);
+        }
+        if n == buf.len() {
+            return Some(Protocol::H2c);
+        }
+        // A prefix of the preface: `peek` would answer at once with the same
+        // bytes, so wait a moment for the rest (only a client that pauses
+        // inside its first 24 bytes comes here).
+        if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(5)))
+            .await
+            .is_err()
+        {
+            return None;
+        }
+    }
+}
+
 /// Accepts until `stop` turns true, handing connections to `workers` in
-/// turn. Dropping the workers' senders on return tells them to finish.
-pub async fn accept(listener: TcpListener, workers: Vec<Worker>, mut stop: watch::Receiver<bool>) {
+/// turn, at most `max_connections` open at once: at the cap, accepting waits
+/// and new clients wait in the listen backlog. Dropping the workers' senders
+/// on return tells them to finish.
+pub async fn accept(
+    listener: TcpListener,
+    workers: Vec<Worker>,
+    max_connections: usize,
+    mut stop: watch::Receiver<bool>,
+) {
     if workers.is_empty() {
         return;
     }
+    let admission = Arc::new(Semaphore::new(max_connections.max(1)));
     let mut next = 0;
     let mut stopping = false;
+    // At the cap under a flood, one warning a minute is enough.
+    let mut warned: Option<Instant> = None;
     loop {
+        let permit = match admission.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            // Once stopping, there is no waiting for a place.
+            Err(_) if stopping => break,
+            Err(_) => {
+                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    tracing::warn!(max_connections, "connection cap reached; accepting waits");
+                    warned = Some(Instant::now());
+                }
+                tokio::select! {
+                    permit = admission.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    told = async { stop.wait_for(|stop| *stop).await.is_ok() } => {
+                        stopping = true;
+                        if !told {
+                            tracing::debug!("stop signal dropped; stopping");
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
         let stream = tokio::select! {
             biased;
             accepted = listener.accept() => match accepted {
@@ -141,7 +279,7 @@ pub async fn accept(listener: TcpListener, workers: Vec<Worker>, mut stop: watch
         let Ok(stream) = stream.into_std() else {
             continue;
         };
-        let _ = workers[next].connections.send(stream);
+        let _ = workers[next].connections.send(Accepted { stream, permit });
         next = (next + 1) % workers.len();
     }
 }
