@@ -15,6 +15,7 @@ use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
+use tokio::sync::watch;
 
 use crate::proxy::{Forwarder, UpstreamBody};
 use crate::stats::{Class, Stats};
@@ -29,6 +30,7 @@ pub struct CountingProxy {
     stats: Arc<Stats>,
     /// The worker's shard of `stats`.
     shard: usize,
+    tunnels: Tunnels,
 }
 
 impl CountingProxy {
@@ -38,11 +40,18 @@ impl CountingProxy {
             forwarder,
             stats,
             shard,
+            tunnels: Tunnels::default(),
         }
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    /// The upgraded connections this proxy runs: they outlive the client
+    /// connection they came from, so a drain waits for them apart.
+    pub fn tunnels(&self) -> &Tunnels {
+        &self.tunnels
     }
 
     pub async fn handle(
@@ -83,7 +92,9 @@ impl CountingProxy {
                     if let Some(g) = guard.as_mut() {
                         g.class = Some(Class::from_status(parts.status));
                     }
+                    let open = self.tunnels.open();
                     tokio::spawn(async move {
+                        let _open = open;
                         if let Err(error) = tunnel.run().await {
                             tracing::debug!(%error, "upgraded connection ended with an error");
                         }
@@ -105,6 +116,44 @@ impl CountingProxy {
                 error.to_response().map(Either::Right)
             }
         }
+    }
+}
+
+/// How many upgraded connections are open.
+#[derive(Debug, Clone)]
+pub struct Tunnels(Arc<watch::Sender<usize>>);
+
+impl Default for Tunnels {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(0)))
+    }
+}
+
+impl Tunnels {
+    fn open(&self) -> OpenTunnel {
+        self.0.send_modify(|open| *open += 1);
+        OpenTunnel(self.0.clone())
+    }
+
+    /// Open now.
+    pub fn open_now(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    /// Resolves when none is open.
+    pub async fn all_closed(&self) {
+        let mut open = self.0.subscribe();
+        // The sender lives in `self`, so this only returns once none is open.
+        let _ = open.wait_for(|open| *open == 0).await;
+    }
+}
+
+#[derive(Debug)]
+struct OpenTunnel(Arc<watch::Sender<usize>>);
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.0.send_modify(|open| *open = open.saturating_sub(1));
     }
 }
 

@@ -4,8 +4,9 @@
 //! is in flight ([`count`], [`stats`]), reports each interval to the
 //! aggregators ([`report`]) and answers the kubelet and Prometheus
 //! ([`admin`]). On SIGTERM it drains: `/readyz` turns 503 at once, serving
-//! goes on for the drain period or until nothing is in flight, whichever is
-//! longer, up to a hard limit.
+//! and accepting go on for the drain period, then every client is told to go
+//! away (HTTP/2 GOAWAY, HTTP/1 `Connection: close`) and what is in flight
+//! finishes, up to a hard limit.
 
 pub mod admin;
 pub mod config;
@@ -152,13 +153,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         drain_period = ?config.drain_period,
         "SIGTERM: draining"
     );
-    drain(&stats, started, config.drain_period, config.drain_timeout).await;
+    drain(started, config.drain_period, config.drain_timeout).await;
     let _ = stop_tx.send(true);
     if let Err(error) = acceptor.await {
         tracing::warn!(%error, "acceptor task failed");
     }
     for worker in done {
         let _ = worker.await;
+    }
+    if stats.in_flight() > 0 {
+        tracing::warn!(
+            in_flight = stats.in_flight(),
+            limit = ?config.drain_timeout,
+            "drain limit reached with requests in flight"
+        );
     }
     reporter.flush(Duration::from_millis(500)).await;
     tracing::info!(
@@ -169,18 +177,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-/// Serves on for `period`, then until nothing is in flight, never past `limit`.
-async fn drain(stats: &Stats, started: Instant, period: Duration, limit: Duration) {
-    let deadline = started + limit;
-    tokio::time::sleep_until((started + period).min(deadline)).await;
-    while stats.in_flight() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if stats.in_flight() > 0 {
-        tracing::warn!(
-            in_flight = stats.in_flight(),
-            ?limit,
-            "drain limit reached with requests in flight"
-        );
-    }
+/// Serves on, accepting, for `period` (never past `limit`). Then accepting
+/// stops and every connection is told to go away (HTTP/2 GOAWAY), and the
+/// workers wait for what is in flight to end, up to `limit`.
+async fn drain(started: Instant, period: Duration, limit: Duration) {
+    tokio::time::sleep_until(started + period.min(limit)).await;
 }

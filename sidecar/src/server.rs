@@ -152,14 +152,31 @@ async fn work(
             log_end(connection.await, client);
         });
     }
+    // Accepting has stopped: HTTP/1 connections close once their response is
+    // out, h2c ones get GOAWAY and finish the streams they have open. Then
+    // the upgraded connections, which no longer belong to a client
+    // connection, are waited for as well.
     let grace = grace();
-    if tokio::time::timeout(grace, graceful.shutdown())
+    let deadline = Instant::now() + grace;
+    let tunnels = proxy.tunnels().clone();
+    drop(proxy);
+    if tokio::time::timeout_at(deadline, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(
             ?grace,
             "connections still open after the drain limit; closing them"
+        );
+    }
+    if tokio::time::timeout_at(deadline, tunnels.all_closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            tunnels = tunnels.open_now(),
+            "upgraded connections still open after the drain limit; closing them"
         );
     }
 }

@@ -1,6 +1,7 @@
-//! SIGTERM: `/readyz` turns 503 at once, serving goes on for the drain period
-//! or until nothing is in flight, whichever is longer, and no request that
-//! was in flight is cut. The hard limit ends the wait.
+//! SIGTERM: `/readyz` turns 503 at once, serving goes on for the drain
+//! period, then clients are told to go away (HTTP/2 GOAWAY) and what is in
+//! flight finishes; no request that was in flight is cut. The hard limit
+//! ends the wait.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -156,5 +157,99 @@ async fn the_drain_timeout_is_a_hard_limit() {
     assert!(
         stuck.await.unwrap().is_none(),
         "the over-long request was cut"
+    );
+}
+
+#[tokio::test]
+async fn a_busy_h2c_client_is_told_to_go_away_when_the_drain_period_ends() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    // The app counts the requests it answered in full.
+    let answered = Arc::new(AtomicU64::new(0));
+    let counted = answered.clone();
+    let app = App::start(move |_r| {
+        let counted = counted.clone();
+        async move {
+            let response = slow_ok(Duration::from_millis(100)).await;
+            counted.fetch_add(1, Ordering::SeqCst);
+            response
+        }
+    })
+    .await;
+    // A hard limit far beyond the drain period: only GOAWAY ends this drain
+    // early, since the client below never leaves the proxy idle.
+    let mut proxy = Proxy::start(
+        app.addr,
+        &["--drain-period", "1s", "--drain-timeout", "120s"],
+    )
+    .await;
+
+    // One pooled h2c connection. A new request every 10 ms, each taking the
+    // app 100 ms, so about ten are always open and the proxy is never idle,
+    // until a request fails: the proxy has gone away and refuses new
+    // connections.
+    let client = http2_client();
+    let uri = format!("http://{}/work", proxy.addr);
+    let load = tokio::spawn(async move {
+        let mut sent = Vec::new();
+        let (failed_tx, failed) = tokio::sync::mpsc::unbounded_channel();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        while tokio::time::Instant::now() < deadline && failed.is_empty() {
+            tick.tick().await;
+            let (client, uri, failed_tx) = (client.clone(), uri.clone(), failed_tx.clone());
+            sent.push(tokio::spawn(async move {
+                let response = match client
+                    .request(Request::get(&uri).body(full("")).unwrap())
+                    .await
+                {
+                    Ok(response) => response,
+                    Err(error) => {
+                        let _ = failed_tx.send(());
+                        return Err(error);
+                    }
+                };
+                assert_eq!(response.status(), 200);
+                // A stream the proxy accepted is never cut.
+                let body = response.into_body().collect().await;
+                assert_eq!(&body.expect("a whole body").to_bytes()[..], b"ok");
+                Ok(())
+            }));
+        }
+        sent
+    });
+    proxy
+        .wait_stats(Duration::from_secs(10), |s| {
+            s["in_flight"].as_u64() >= Some(4)
+        })
+        .await;
+    let signalled = tokio::time::Instant::now();
+    proxy.signal("TERM");
+
+    let status = tokio::time::timeout(Duration::from_secs(60), proxy.child.wait())
+        .await
+        .expect("the proxy exits soon after the drain period, not at the hard limit")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    eprintln!("exited {:?} after SIGTERM", signalled.elapsed());
+
+    let (mut served, mut sent_away) = (0, 0);
+    for request in load.await.unwrap() {
+        match request.await.unwrap() {
+            Ok(()) => served += 1,
+            // Sent away, not cut: a request that failed was never sent on
+            // the old connection, and a new connection was refused.
+            Err(error) => {
+                assert!(error.is_connect(), "{error:?}");
+                sent_away += 1;
+            }
+        }
+    }
+    assert!(sent_away > 0, "the client was sent away");
+    assert!(served > 0);
+    assert_eq!(
+        served,
+        answered.load(Ordering::SeqCst),
+        "every request the app answered reached the client"
     );
 }
