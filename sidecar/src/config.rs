@@ -298,6 +298,17 @@ pub struct Connections {
     /// the ping is not answered within as long again.
     #[arg(long, env = "INFLIGHT_H2_KEEPALIVE", default_value = "20s", value_parser = parse_positive_duration)]
     pub h2_keepalive: Duration,
+
+    /// TCP keepalive on client and app connections: the first probe after
+    /// this long without traffic, so a peer that vanished (a half-open
+    /// connection) is found in about twice this.
+    #[arg(long, env = "INFLIGHT_TCP_KEEPALIVE", default_value = "30s", value_parser = parse_positive_duration)]
+    pub tcp_keepalive: Duration,
+
+    /// Close an upgraded connection (websocket) that has carried no byte
+    /// either way for this long.
+    #[arg(long, env = "INFLIGHT_TUNNEL_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_positive_duration)]
+    pub tunnel_idle_timeout: Duration,
 }
 
 #[cfg(test)]
@@ -326,6 +337,8 @@ mod tests {
         assert_eq!(c.connections.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.connections.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.connections.max_connections, 4096);
+        assert_eq!(c.connections.tcp_keepalive, Duration::from_secs(30));
+        assert_eq!(c.connections.tunnel_idle_timeout, Duration::from_secs(3600));
         let id = c.identity_with(Some("shop".into())).unwrap_or_default();
         let w = id.workload.unwrap_or_default();
         assert_eq!((w.kind.as_str(), w.name.as_str()), ("pod", "web-1"));

@@ -1,9 +1,9 @@
 //! The counting layer over the proxy core: a request is in flight from the
 //! moment its headers arrive until its response body has been sent in full
-//! (or, for an upgrade, until the tunnel closes). How it ended decides its
-//! class; if the client goes away first, hyper drops the future or the body,
-//! the upstream request is dropped with it, and the request counts as
-//! cancelled.
+//! (or, for an upgrade, until the tunnel closes; its latency is the time to
+//! the 101). How it ended decides its class; if the client goes away first,
+//! hyper drops the future or the body, the upstream request is dropped with
+//! it, and the request counts as cancelled.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -87,10 +87,13 @@ impl CountingProxy {
             Ok(forwarded) => {
                 let (parts, body) = forwarded.response.into_parts();
                 if let Some(tunnel) = forwarded.tunnel {
-                    // The upgraded connection stays in flight for its whole life.
+                    // The upgraded connection stays in flight for its whole
+                    // life, but its latency is the time to the 101: a tunnel
+                    // open for hours is no slow request.
                     let mut guard = guard;
                     if let Some(g) = guard.as_mut() {
                         g.class = Some(Class::from_status(parts.status));
+                        g.latency = Some(g.started.elapsed());
                     }
                     let open = self.tunnels.open();
                     tokio::spawn(async move {
@@ -172,6 +175,8 @@ struct InFlight {
     shard: usize,
     started: Instant,
     class: Option<Class>,
+    /// The latency to record, when it is not the time until the end.
+    latency: Option<std::time::Duration>,
 }
 
 impl InFlight {
@@ -183,6 +188,7 @@ impl InFlight {
             shard,
             started,
             class: None,
+            latency: None,
         }
     }
 }
@@ -191,12 +197,10 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let now = Instant::now();
         let class = self.class.unwrap_or(Class::Cancelled);
-        self.stats.end(
-            self.shard,
-            now,
-            class,
-            now.saturating_duration_since(self.started),
-        );
+        let latency = self
+            .latency
+            .unwrap_or_else(|| now.saturating_duration_since(self.started));
+        self.stats.end(self.shard, now, class, latency);
     }
 }
 

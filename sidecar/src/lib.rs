@@ -85,6 +85,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         upstream: config.upstream.clone(),
         timeout: config.upstream_timeout,
         forwarded_headers: config.forwarded_headers,
+        tcp_keepalive: config.connections.tcp_keepalive,
+        tunnel_idle_timeout: config.connections.tunnel_idle_timeout,
     };
     let admin = Arc::new(admin::Admin {
         stats: stats.clone(),
@@ -139,8 +141,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         workers.push(worker);
         done.push(worker_done);
     }
-    let max_connections = config.connections.max_connections as usize;
-    let acceptor = tokio::spawn(server::accept(listener, workers, max_connections, stop_rx));
+    let acceptor = tokio::spawn(server::accept(
+        listener,
+        workers,
+        config.connections,
+        stop_rx,
+    ));
 
     shutdown.await;
     let started = Instant::now();

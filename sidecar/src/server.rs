@@ -227,18 +227,19 @@ async fn first_bytes(stream: &TcpStream, deadline: Instant) -> Option<Protocol> 
 }
 
 /// Accepts until `stop` turns true, handing connections to `workers` in
-/// turn, at most `max_connections` open at once: at the cap, accepting waits
-/// and new clients wait in the listen backlog. Dropping the workers' senders
-/// on return tells them to finish.
+/// turn, at most `limits.max_connections` open at once: at the cap,
+/// accepting waits and new clients wait in the listen backlog. Dropping the
+/// workers' senders on return tells them to finish.
 pub async fn accept(
     listener: TcpListener,
     workers: Vec<Worker>,
-    max_connections: usize,
+    limits: Connections,
     mut stop: watch::Receiver<bool>,
 ) {
     if workers.is_empty() {
         return;
     }
+    let max_connections = usize::try_from(limits.max_connections).unwrap_or(usize::MAX);
     let admission = Arc::new(Semaphore::new(max_connections.max(1)));
     let mut next = 0;
     let mut stopping = false;
@@ -293,6 +294,7 @@ pub async fn accept(
             _ = std::future::ready(()), if stopping => break,
         };
         let _ = stream.set_nodelay(true);
+        crate::proxy::set_tcp_keepalive(&stream, limits.tcp_keepalive);
         let Ok(stream) = stream.into_std() else {
             continue;
         };

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::Uri;
@@ -18,11 +19,33 @@ pub struct FixedConnector {
     inner: HttpConnector,
 }
 
+/// Turns TCP keepalive on, so a peer that vanished without closing (a
+/// half-open connection) is found: the first probe after `idle` without
+/// traffic, then three more a third of that apart.
+pub fn set_tcp_keepalive(stream: &TcpStream, idle: Duration) {
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(probe_interval(idle))
+        .with_retries(KEEPALIVE_PROBES);
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&probes) {
+        tracing::debug!(%error, "cannot turn TCP keepalive on");
+    }
+}
+
+const KEEPALIVE_PROBES: u32 = 3;
+
+fn probe_interval(idle: Duration) -> Duration {
+    (idle / KEEPALIVE_PROBES).max(Duration::from_secs(1))
+}
+
 impl FixedConnector {
-    pub fn new(upstream: Authority) -> Self {
+    pub fn new(upstream: Authority, keepalive: Duration) -> Self {
         let mut inner = HttpConnector::new();
         inner.set_nodelay(true);
-        inner.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        inner.set_keepalive(Some(keepalive));
+        inner.set_keepalive_interval(Some(probe_interval(keepalive)));
+        inner.set_keepalive_retries(Some(KEEPALIVE_PROBES));
+        inner.set_connect_timeout(Some(Duration::from_secs(5)));
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
         parts.authority = Some(upstream);

@@ -24,7 +24,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-pub use connect::FixedConnector;
+pub use connect::{set_tcp_keepalive, FixedConnector};
 use pool::{BoxError, SendError};
 pub use pool::{Http1Pool, UpstreamBody};
 pub use upgrade::Tunnel;
@@ -38,6 +38,10 @@ pub struct ForwarderConfig {
     pub timeout: Option<Duration>,
     /// Add `X-Forwarded-For` and `X-Forwarded-Proto`.
     pub forwarded_headers: bool,
+    /// TCP keepalive on connections to the upstream (see [`set_tcp_keepalive`]).
+    pub tcp_keepalive: Duration,
+    /// Close an upgraded connection that carried nothing either way this long.
+    pub tunnel_idle_timeout: Duration,
 }
 
 /// Forwards requests to one upstream over pooled connections.
@@ -114,7 +118,7 @@ impl ForwardError {
 
 impl Forwarder {
     pub fn new(config: ForwarderConfig) -> Self {
-        let connector = FixedConnector::new(config.upstream.clone());
+        let connector = FixedConnector::new(config.upstream.clone(), config.tcp_keepalive);
         let mut upgrades = Client::builder(TokioExecutor::new());
         // An upgraded connection is never returned to a pool.
         upgrades.pool_max_idle_per_host(0);
@@ -128,7 +132,7 @@ impl Forwarder {
         Self {
             upgrades: upgrades.build(connector.clone()),
             http2: http2.build(connector),
-            pool: Http1Pool::new(config.upstream.clone()),
+            pool: Http1Pool::new(config.upstream.clone(), config.tcp_keepalive),
             config,
         }
     }
@@ -210,7 +214,11 @@ impl Forwarder {
                     headers::set_upgrade(response.headers_mut(), protocol);
                 }
                 let upstream_side = hyper::upgrade::on(&mut response);
-                Some(Tunnel::new(client_side, upstream_side))
+                Some(Tunnel::new(
+                    client_side,
+                    upstream_side,
+                    self.config.tunnel_idle_timeout,
+                ))
             }
             _ => None,
         };

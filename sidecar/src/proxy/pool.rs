@@ -45,13 +45,15 @@ type Idle = Arc<Mutex<Vec<SendRequest<Incoming>>>>;
 #[derive(Debug, Clone)]
 pub struct Http1Pool {
     upstream: Authority,
+    keepalive: std::time::Duration,
     idle: Idle,
 }
 
 impl Http1Pool {
-    pub fn new(upstream: Authority) -> Self {
+    pub fn new(upstream: Authority, keepalive: std::time::Duration) -> Self {
         Self {
             upstream,
+            keepalive,
             idle: Arc::default(),
         }
     }
@@ -80,6 +82,7 @@ impl Http1Pool {
                 })?
                 .map_err(|e| SendError::Connect(e.into()))?;
         let _ = stream.set_nodelay(true);
+        super::set_tcp_keepalive(&stream, self.keepalive);
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
