@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
+use inflight_runtime::http::{first_bytes, ConnLimits};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -91,16 +91,14 @@ async fn work(
     grace: Grace,
     limits: Connections,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.idle_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(limits.h2_keepalive)
-        .keep_alive_timeout(limits.h2_keepalive);
+    // hyper's header timer, which runs from the end of a response to the end
+    // of the next head, is the idle keep-alive timeout.
+    let builder = ConnLimits {
+        header_read_timeout: limits.idle_timeout,
+        max_connections: usize::MAX,
+        h2_keepalive: limits.h2_keepalive,
+    }
+    .builder();
     let graceful = GracefulShutdown::new();
     while let Some(Accepted { stream, permit }) = connections.recv().await {
         let Ok(stream) = TcpStream::from_std(stream) else {
@@ -117,10 +115,11 @@ async fn work(
         tokio::spawn(async move {
             let _permit = permit;
             let deadline = Instant::now() + limits.header_read_timeout;
-            let Some(protocol) = first_bytes(&stream, deadline).await else {
+            if !first_bytes(&stream, limits.header_read_timeout).await {
                 tracing::debug!(%client, "no request started in time; closing");
                 return;
-            };
+            }
+            let protocol = protocol(&stream).await;
             let first_request = Arc::new(Notify::new());
             let seen = first_request.clone();
             let service = service_fn(move |request| {
@@ -198,31 +197,13 @@ enum Protocol {
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Waits, until `deadline`, for the client to send enough for hyper-util to
-/// tell HTTP/1 from h2c (a byte that is not the h2 preface's, or the whole
-/// preface), reading nothing. None: it sent nothing in time, or closed.
-async fn first_bytes(stream: &TcpStream, deadline: Instant) -> Option<Protocol> {
+/// The protocol of a client that [`first_bytes`] has let through: it sent
+/// the whole h2 preface, or a byte that is not the preface's.
+async fn protocol(stream: &TcpStream) -> Protocol {
     let mut buf = [0u8; H2_PREFACE.len()];
-    loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => n,
-            _ => return None,
-        };
-        if buf[..n] != H2_PREFACE[..n] {
-            return Some(Protocol::Http1);
-        }
-        if n == buf.len() {
-            return Some(Protocol::H2c);
-        }
-        // A prefix of the preface: `peek` would answer at once with the same
-        // bytes, so wait a moment for the rest (only a client that pauses
-        // inside its first 24 bytes comes here).
-        if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(5)))
-            .await
-            .is_err()
-        {
-            return None;
-        }
+    match stream.peek(&mut buf).await {
+        Ok(n) if n == buf.len() && buf == *H2_PREFACE => Protocol::H2c,
+        _ => Protocol::Http1,
     }
 }
 
