@@ -55,13 +55,20 @@ pub struct Config {
     #[arg(long, env = "INFLIGHT_DRAIN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
-    /// Answer 504 when the app has not sent response headers within this long.
+    /// Answer 504 when the app has not sent response headers within this long
+    /// of the client having sent its whole request.
     #[arg(long, env = "INFLIGHT_UPSTREAM_TIMEOUT", value_parser = parse_positive_duration)]
     pub upstream_timeout: Option<Duration>,
 
     /// Add X-Forwarded-For and X-Forwarded-Proto to forwarded requests.
     #[arg(long, env = "INFLIGHT_FORWARDED_HEADERS", default_value_t = true, action = ArgAction::Set)]
     pub forwarded_headers: bool,
+
+    /// Proxies (CIDRs or addresses, comma-separated) whose X-Forwarded-For
+    /// is appended to and whose X-Forwarded-Proto is kept; from any other
+    /// peer both are replaced. Default: none.
+    #[arg(long, env = "INFLIGHT_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 
     /// Worker threads, each with its own event loop (default: 2, or 1 when
     /// the process may use only one CPU, like Istio's sidecar). The admin
@@ -182,6 +189,14 @@ fn parse_ready_path(text: &str) -> Result<PathAndQuery, String> {
         .map_err(|e| format!("{text:?} is not a path: {e}"))
 }
 
+fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| format!("{text:?} is not a CIDR (10.0.0.0/8) or an address"))
+}
+
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
     if d.is_zero() {
@@ -279,8 +294,14 @@ impl Config {
 pub struct Connections {
     /// Close a new connection that has not sent a whole request head (HTTP/1)
     /// or told HTTP/1 from h2c (its first bytes) within this long.
-    #[arg(id = "data_header_read_timeout",
-        value_name = "DURATION", long = "header-read-timeout", env = "INFLIGHT_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(
+        id = "data_header_read_timeout",
+        long = "header-read-timeout",
+        value_name = "DURATION",
+        env = "INFLIGHT_HEADER_READ_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_positive_duration
+    )]
     pub header_read_timeout: Duration,
 
     /// Close an HTTP/1 keep-alive connection that has not sent the whole head
@@ -290,8 +311,14 @@ pub struct Connections {
 
     /// Client connections open at once; more wait in the listen backlog
     /// until one closes.
-    #[arg(id = "data_max_connections",
-        value_name = "N", long = "max-connections", env = "INFLIGHT_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(
+        id = "data_max_connections",
+        long = "max-connections",
+        value_name = "N",
+        env = "INFLIGHT_MAX_CONNECTIONS",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
     pub max_connections: u32,
 
     /// HTTP/2 clients: ping a connection idle this long and close it when
@@ -334,6 +361,7 @@ mod tests {
         assert_eq!(c.drain_period, Duration::from_secs(5));
         assert!(c.forwarded_headers);
         assert_eq!(c.app_ready_timeout, Duration::from_secs(1));
+        assert!(c.trusted_proxies.is_empty());
         assert_eq!(c.connections.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.connections.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.connections.max_connections, 4096);
@@ -458,6 +486,30 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("more than zero"), "{e}");
+        let e = parse(&[
+            "--upstream",
+            "127.0.0.1:1",
+            "--trusted-proxies",
+            "10.0.0.0/33",
+        ])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("is not a CIDR"), "{e}");
+    }
+
+    #[test]
+    fn trusted_proxies_take_cidrs_and_addresses() {
+        let c = parse(&[
+            "--upstream",
+            "127.0.0.1:1",
+            "--trusted-proxies",
+            "10.1.2.3/8, 192.168.1.7,fd00::/8",
+        ]);
+        let nets: Vec<String> = c
+            .map(|c| c.trusted_proxies.iter().map(|n| n.to_string()).collect())
+            .unwrap_or_default();
+        assert_eq!(nets, ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8"]);
     }
 
     #[test]

@@ -112,7 +112,7 @@ impl CountingProxy {
                 Response::from_parts(parts, Either::Left(body))
             }
             Err(error) => {
-                tracing::debug!(%error, "forwarding failed");
+                tracing::warn!(error = %error.chain(), "forwarding failed");
                 if let Some(mut guard) = guard {
                     guard.class = Some(Class::ServerError);
                 }

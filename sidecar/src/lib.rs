@@ -85,6 +85,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         upstream: config.upstream.clone(),
         timeout: config.upstream_timeout,
         forwarded_headers: config.forwarded_headers,
+        trusted_proxies: config.trusted_proxies.clone(),
         tcp_keepalive: config.connections.tcp_keepalive,
         tunnel_idle_timeout: config.connections.tunnel_idle_timeout,
     };

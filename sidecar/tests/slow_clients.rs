@@ -2,6 +2,7 @@
 //! bounded time. A new connection must send its first request head within
 //! the header-read timeout, a kept-alive one its next head within the idle
 //! timeout, and at the connection cap further clients wait to be accepted.
+//! A slow upload is the client's time, never counted against the app.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -187,4 +188,34 @@ async fn clients_beyond_the_connection_cap_wait_until_one_closes() {
         .expect("the third client is served once a place frees")
         .unwrap();
     drop(second);
+}
+
+#[tokio::test]
+async fn a_slow_upload_is_not_an_app_timeout() {
+    // The app reads the whole body, then answers at once with its length.
+    let app = App::start(|r: Request<hyper::body::Incoming>| async move {
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        http::Response::new(full(format!("got {}", body.len())))
+    })
+    .await;
+    let proxy = Proxy::start(app.addr, &["--upstream-timeout", "1s"]).await;
+    // The client takes well over the upstream timeout to send its body.
+    let (chunks, rx) =
+        tokio::sync::mpsc::channel::<Result<_, Box<dyn std::error::Error + Send + Sync>>>(1);
+    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let uploader = tokio::spawn(async move {
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let chunk = hyper::body::Frame::data(hyper::body::Bytes::from_static(b"0123456789"));
+            chunks.send(Ok(chunk)).await.unwrap();
+        }
+    });
+    let request = Request::post(format!("http://{}/upload", proxy.addr))
+        .body(BodyExt::boxed(body))
+        .unwrap();
+    let response = http1_client().request(request).await.unwrap();
+    uploader.await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!((status.as_u16(), &body[..]), (200, &b"got 50"[..]));
 }

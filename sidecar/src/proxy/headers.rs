@@ -76,15 +76,37 @@ pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
 }
 
-/// Appends the client's address to `X-Forwarded-For` and sets
-/// `X-Forwarded-Proto` unless a proxy before us already did.
-pub fn add_forwarded(headers: &mut HeaderMap, client: std::net::IpAddr, proto: &'static str) {
+/// Sets `X-Forwarded-For` and `X-Forwarded-Proto` for a request from
+/// `client`. From a `trusted` peer (a proxy we were told to trust), its
+/// address is appended to the `X-Forwarded-For` it sent and its
+/// `X-Forwarded-Proto` is kept; from anyone else both are replaced, so no
+/// pod can claim another client's address or `https` to the app.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: std::net::IpAddr,
+    proto: &'static str,
+    trusted: bool,
+) {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     let client = client.to_string();
-    let value = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {client}"),
-        _ => client,
+    let prior = if trusted {
+        // Several X-Forwarded-For lines are one list (RFC 9110 §5.3).
+        let lines: Vec<&str> = headers
+            .get_all(&XFF)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        (!lines.is_empty()).then(|| lines.join(", "))
+    } else {
+        headers.remove(&XFP);
+        None
+    };
+    let value = match prior {
+        Some(prior) => format!("{prior}, {client}"),
+        None => client,
     };
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(XFF, value);
@@ -146,23 +168,48 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_appends_and_proto_is_kept() {
+    fn a_trusted_proxy_has_its_forwarded_for_appended_and_proto_kept() {
         let mut h = map(&[
             ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.5"),
             ("x-forwarded-proto", "https"),
         ]);
         add_forwarded(
             &mut h,
-            "10.0.0.2"
-                .parse()
-                .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+            std::net::Ipv4Addr::new(10, 0, 0, 2).into(),
             "http",
+            true,
         );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.5, 10.0.0.2");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "https");
         let mut fresh = HeaderMap::new();
-        add_forwarded(&mut fresh, std::net::Ipv4Addr::LOCALHOST.into(), "http");
+        add_forwarded(
+            &mut fresh,
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            "http",
+            true,
+        );
         assert_eq!(fresh["x-forwarded-for"], "127.0.0.1");
         assert_eq!(fresh["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn any_other_peer_has_both_replaced() {
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.5"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        add_forwarded(
+            &mut h,
+            std::net::Ipv4Addr::new(10, 0, 0, 2).into(),
+            "http",
+            false,
+        );
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.2");
+        assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 1);
+        assert_eq!(h["x-forwarded-proto"], "http");
     }
 }

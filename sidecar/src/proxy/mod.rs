@@ -13,6 +13,7 @@ mod connect;
 pub mod headers;
 mod pool;
 mod upgrade;
+mod upload;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,16 +29,21 @@ pub use connect::{set_tcp_keepalive, FixedConnector};
 use pool::{BoxError, SendError};
 pub use pool::{Http1Pool, UpstreamBody};
 pub use upgrade::Tunnel;
+use upload::RequestBody;
 
 /// How to reach the upstream and how to treat requests on the way.
 #[derive(Debug, Clone)]
 pub struct ForwarderConfig {
     /// Where every request goes (`127.0.0.1:8080`).
     pub upstream: Authority,
-    /// Give up on an upstream that has not sent response headers in time (504).
+    /// Give up on an upstream that has not sent response headers this long
+    /// after the client sent the whole request (504).
     pub timeout: Option<Duration>,
     /// Add `X-Forwarded-For` and `X-Forwarded-Proto`.
     pub forwarded_headers: bool,
+    /// Peers whose own `X-Forwarded-For` and `X-Forwarded-Proto` are kept
+    /// (appended to); from anyone else they are replaced.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// TCP keepalive on connections to the upstream (see [`set_tcp_keepalive`]).
     pub tcp_keepalive: Duration,
     /// Close an upgraded connection that carried nothing either way this long.
@@ -49,8 +55,8 @@ pub struct ForwarderConfig {
 pub struct Forwarder {
     config: ForwarderConfig,
     /// Upgrade requests: hyper's client hands over the upgraded connection.
-    upgrades: Client<FixedConnector, Incoming>,
-    http2: Client<FixedConnector, Incoming>,
+    upgrades: Client<FixedConnector, RequestBody>,
+    http2: Client<FixedConnector, RequestBody>,
     pool: Http1Pool,
 }
 
@@ -91,28 +97,41 @@ impl ForwardError {
         }
     }
 
-    /// The response the client gets: the status and a body that names the
-    /// upstream and says what went wrong.
+    /// The response the client gets: the status and a short body that says
+    /// what went wrong in general terms. The cause, which names our
+    /// internals, is for the log.
     pub fn to_response(&self) -> Response<Full<Bytes>> {
-        let mut body = format!("inflight-proxy: {self}");
-        // hyper's own messages are terse; the root cause says what happened.
-        let mut cause = std::error::Error::source(self);
-        let mut root = None;
-        while let Some(c) = cause {
-            root = Some(c);
-            cause = c.source();
-        }
-        if let Some(root) = root {
-            body.push_str(&format!(": {root}"));
-        }
-        body.push('\n');
-        let mut response = Response::new(Full::new(Bytes::from(body)));
+        let body = match self {
+            ForwardError::Connect { .. } => {
+                "inflight-proxy: the app is not accepting connections\n"
+            }
+            ForwardError::Timeout { .. } => "inflight-proxy: the app did not respond in time\n",
+            ForwardError::Upstream { .. } => "inflight-proxy: the app failed before responding\n",
+        };
+        let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
         *response.status_mut() = self.status();
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         response
+    }
+
+    /// This error and its causes, for the log: hyper's own messages are
+    /// terse, the root cause says what happened.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            // Our messages already carry their immediate source.
+            let c_text = c.to_string();
+            if !text.contains(&c_text) {
+                text.push_str(": ");
+                text.push_str(&c_text);
+            }
+            cause = c.source();
+        }
+        text
     }
 }
 
@@ -171,8 +190,17 @@ impl Forwarder {
             headers::set_upgrade(headers, protocol);
         }
         if self.config.forwarded_headers {
-            headers::add_forwarded(headers, client.ip(), "http");
+            let peer = client.ip().to_canonical();
+            let trusted = self
+                .config
+                .trusted_proxies
+                .iter()
+                .any(|n| n.contains(&peer));
+            headers::add_forwarded(headers, peer, "http", trusted);
         }
+        let (parts, body) = request.into_parts();
+        let (body, uploaded) = RequestBody::new(body, self.config.timeout.is_some());
+        let request = Request::from_parts(parts, body);
 
         let sent = async {
             if !http2 && client_upgrade.is_none() {
@@ -186,15 +214,26 @@ impl Forwarder {
             }
         };
         let result = match self.config.timeout {
-            Some(after) => match tokio::time::timeout(after, sent).await {
-                Ok(result) => result,
-                Err(_) => {
-                    return Err(ForwardError::Timeout {
-                        upstream: self.config.upstream.clone(),
-                        after,
-                    })
+            Some(after) => {
+                // The app's time starts once it has the whole request: a
+                // slow upload is the client's time, not the app's.
+                let late = async move {
+                    if let Some(uploaded) = uploaded {
+                        let _ = uploaded.await;
+                    }
+                    tokio::time::sleep(after).await;
+                };
+                tokio::select! {
+                    biased;
+                    result = sent => result,
+                    () = late => {
+                        return Err(ForwardError::Timeout {
+                            upstream: self.config.upstream.clone(),
+                            after,
+                        })
+                    }
                 }
-            },
+            }
             None => sent.await,
         };
         let mut response = result.map_err(|error| {

@@ -22,6 +22,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::upload::RequestBody;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Idle connections kept; more are closed when their response ends.
@@ -40,7 +42,7 @@ pub enum SendError {
     Upstream(BoxError),
 }
 
-type Idle = Arc<Mutex<Vec<SendRequest<Incoming>>>>;
+type Idle = Arc<Mutex<Vec<SendRequest<RequestBody>>>>;
 
 #[derive(Debug, Clone)]
 pub struct Http1Pool {
@@ -63,7 +65,7 @@ impl Http1Pool {
         self.idle.lock().map(|idle| idle.len()).unwrap_or(0)
     }
 
-    fn pop(&self) -> Option<SendRequest<Incoming>> {
+    fn pop(&self) -> Option<SendRequest<RequestBody>> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(sender) = idle.pop() {
             if !sender.is_closed() {
@@ -73,7 +75,7 @@ impl Http1Pool {
         None
     }
 
-    async fn connect(&self) -> Result<SendRequest<Incoming>, SendError> {
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, SendError> {
         let stream =
             tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.upstream.as_str()))
                 .await
@@ -100,7 +102,7 @@ impl Http1Pool {
     /// retried once on a new connection.
     pub async fn send(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let mut request = request;
         // A connection-level client writes the URI as given: origin form.
@@ -146,7 +148,7 @@ impl Http1Pool {
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: Incoming,
-    give_back: Option<(SendRequest<Incoming>, Idle)>,
+    give_back: Option<(SendRequest<RequestBody>, Idle)>,
 }
 
 impl UpstreamBody {
@@ -158,7 +160,7 @@ impl UpstreamBody {
         }
     }
 
-    fn pooled(inner: Incoming, sender: SendRequest<Incoming>, idle: Idle) -> Self {
+    fn pooled(inner: Incoming, sender: SendRequest<RequestBody>, idle: Idle) -> Self {
         let mut body = Self {
             inner,
             give_back: Some((sender, idle)),
