@@ -56,13 +56,14 @@ impl CountingProxy {
 
     pub async fn handle(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         client: SocketAddr,
     ) -> Response<ProxyBody> {
         // The kubelet's probes pass through but are not load.
         let guard = (!is_probe(&request)).then(|| InFlight::start(self.stats.clone(), self.shard));
         let http1 = request.version() < http::Version::HTTP_2;
-        let mut response = self.respond(request, client, guard).await;
+        let keep = request.extensions_mut().remove::<KeepWhileOpen>();
+        let mut response = self.respond(request, client, guard, keep).await;
         // While draining, a keep-alive client is told to reconnect, so its
         // next request finds a pod that is staying rather than a closing socket.
         if http1
@@ -82,6 +83,7 @@ impl CountingProxy {
         request: Request<Incoming>,
         client: SocketAddr,
         guard: Option<InFlight>,
+        keep: Option<KeepWhileOpen>,
     ) -> Response<ProxyBody> {
         match self.forwarder.forward(request, client).await {
             Ok(forwarded) => {
@@ -97,7 +99,7 @@ impl CountingProxy {
                     }
                     let open = self.tunnels.open();
                     tokio::spawn(async move {
-                        let _open = open;
+                        let _open = (open, keep);
                         if let Err(error) = tunnel.run().await {
                             tracing::debug!(%error, "upgraded connection ended with an error");
                         }
@@ -121,6 +123,12 @@ impl CountingProxy {
         }
     }
 }
+
+/// What an upgraded connection keeps for its whole life, beyond the
+/// request that opened it (the server's place for it under the connection
+/// cap); the server puts it in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct KeepWhileOpen(pub Arc<dyn std::any::Any + Send + Sync>);
 
 /// How many upgraded connections are open.
 #[derive(Debug, Clone)]

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore}
 use tokio::time::Instant;
 
 pub use crate::config::Connections;
-use crate::count::CountingProxy;
+use crate::count::{CountingProxy, KeepWhileOpen};
 
 /// How long open connections may take to finish once accepting has stopped.
 pub type Grace = Arc<dyn Fn() -> Duration + Send + Sync>;
@@ -113,7 +113,9 @@ async fn work(
         let watcher = graceful.watcher();
         let (proxy, builder) = (proxy.clone(), builder.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            // An upgraded connection outlives this task: the tunnel keeps
+            // the connection's place under the cap until it closes.
+            let slot = Arc::new(permit);
             let deadline = Instant::now() + limits.header_read_timeout;
             if !first_bytes(&stream, limits.header_read_timeout).await {
                 tracing::debug!(%client, "no request started in time; closing");
@@ -122,8 +124,12 @@ async fn work(
             let protocol = protocol(&stream).await;
             let first_request = Arc::new(Notify::new());
             let seen = first_request.clone();
-            let service = service_fn(move |request| {
+            let service = service_fn(move |mut request: http::Request<_>| {
                 seen.notify_one();
+                if request.headers().contains_key(http::header::UPGRADE) {
+                    let slot: Arc<dyn std::any::Any + Send + Sync> = slot.clone();
+                    request.extensions_mut().insert(KeepWhileOpen(slot));
+                }
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(proxy.handle(request, client).await) }
             });

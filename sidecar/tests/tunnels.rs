@@ -166,3 +166,33 @@ async fn a_tunnel_is_recorded_with_its_time_to_101_not_its_lifetime() {
          and lived {lifetime:?}"
     );
 }
+
+#[tokio::test]
+async fn an_open_tunnel_keeps_its_place_under_the_connection_cap() {
+    let app = echo_server().await;
+    let proxy = Proxy::start(app, &["--max-connections", "1"]).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/chat", proxy.addr))
+        .await
+        .unwrap();
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+
+    // The websocket is a client connection for its whole life, not only
+    // until its 101: a second client waits while it is open.
+    let addr = proxy.addr;
+    let second = tokio::spawn(async move { get(addr, "/").await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !second.is_finished(),
+        "served beside an open tunnel at a cap of 1"
+    );
+
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    let answered = tokio::time::timeout(Duration::from_secs(20), second)
+        .await
+        .expect("the second client is served once the tunnel closes")
+        .unwrap();
+    // The websocket-only app closes a plain request's connection: a 502.
+    assert_eq!(answered.map(|(status, _)| status), Some(502));
+}
