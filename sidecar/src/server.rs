@@ -48,23 +48,6 @@ struct Accepted {
     permit: OwnedSemaphorePermit,
 }
 
-/// Starts a worker on the current runtime; it serves what it is handed and,
-/// when the acceptor is gone, closes its connections gracefully and resolves
-/// the returned receiver.
-pub fn spawn_worker(
-    proxy: CountingProxy,
-    grace: Grace,
-    limits: Connections,
-) -> (Worker, oneshot::Receiver<()>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (done_tx, done_rx) = oneshot::channel();
-    tokio::spawn(async move {
-        work(rx, proxy, grace, limits).await;
-        let _ = done_tx.send(());
-    });
-    (Worker { connections: tx }, done_rx)
-}
-
 /// Starts a worker on a thread of its own with a single-threaded runtime.
 /// `make_proxy` runs on that thread, so the proxy's pools belong to it.
 pub fn spawn_worker_thread(
@@ -100,6 +83,10 @@ async fn work(
     }
     .builder();
     let graceful = GracefulShutdown::new();
+    // Connections that have not yet sent their first bytes when the drain
+    // ends are dropped at once rather than waited for: they have sent
+    // nothing that could be lost.
+    let (closing, not_closing) = watch::channel(false);
     while let Some(Accepted { stream, permit }) = connections.recv().await {
         let Ok(stream) = TcpStream::from_std(stream) else {
             continue;
@@ -112,12 +99,17 @@ async fn work(
         // sending its first bytes shuts it down as soon as it is served.
         let watcher = graceful.watcher();
         let (proxy, builder) = (proxy.clone(), builder.clone());
+        let mut closing = not_closing.clone();
         tokio::spawn(async move {
             // An upgraded connection outlives this task: the tunnel keeps
             // the connection's place under the cap until it closes.
             let slot = Arc::new(permit);
             let deadline = Instant::now() + limits.header_read_timeout;
-            if !first_bytes(&stream, limits.header_read_timeout).await {
+            let started = tokio::select! {
+                started = first_bytes(&stream, limits.header_read_timeout) => started,
+                _ = closing.wait_for(|closing| *closing) => false,
+            };
+            if !started {
                 tracing::debug!(%client, "no request started in time; closing");
                 return;
             }
@@ -165,6 +157,7 @@ async fn work(
     let deadline = Instant::now() + grace;
     let tunnels = proxy.tunnels().clone();
     drop(proxy);
+    let _ = closing.send(true);
     if tokio::time::timeout_at(deadline, graceful.shutdown())
         .await
         .is_err()

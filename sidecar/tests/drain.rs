@@ -253,3 +253,31 @@ async fn a_busy_h2c_client_is_told_to_go_away_when_the_drain_period_ends() {
         "every request the app answered reached the client"
     );
 }
+
+#[tokio::test]
+async fn a_connection_that_never_sent_a_byte_does_not_hold_up_the_drain() {
+    let app = App::start(|_r| slow_ok(Duration::ZERO)).await;
+    let mut proxy = Proxy::start(
+        app.addr,
+        &[
+            "--drain-period",
+            "300ms",
+            "--drain-timeout",
+            "120s",
+            "--header-read-timeout",
+            "120s",
+        ],
+    )
+    .await;
+    // A client pool's pre-opened connection, silent.
+    let silent = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    // Served once it speaks: the proxy has accepted it.
+    assert_eq!(get(proxy.addr, "/").await.unwrap().0, 200);
+    proxy.signal("TERM");
+    let status = tokio::time::timeout(Duration::from_secs(60), proxy.child.wait())
+        .await
+        .expect("the proxy exits without waiting out the silent connection's deadline")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    drop(silent);
+}
