@@ -93,7 +93,10 @@ where
         let (handler, builder) = (handler.clone(), builder.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            if !first_bytes(&stream, limits.header_read_timeout).await {
+            if first_bytes(&stream, limits.header_read_timeout)
+                .await
+                .is_none()
+            {
                 return;
             }
             let service = service_fn(move |request: Request<Incoming>| {

@@ -81,24 +81,35 @@ impl Admission {
     }
 }
 
+/// What a client opens with. The bytes stay unread: hyper reads them again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// HTTP/2 with prior knowledge (the whole preface).
+    H2c,
+}
+
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Waits, at most `within`, until the client has sent enough for hyper-util to tell HTTP/1 from
-/// h2c (a byte that is not the h2 preface's, or the whole preface). False: it sent nothing in
-/// time, closed, or failed; the caller drops the connection.
-pub async fn first_bytes(stream: &TcpStream, within: Duration) -> bool {
+/// h2c (a byte that is not the h2 preface's, or the whole preface), and says which. `None`: it
+/// sent nothing in time, closed, or failed; the caller drops the connection.
+pub async fn first_bytes(stream: &TcpStream, within: Duration) -> Option<Protocol> {
     let deadline = tokio::time::Instant::now() + within;
     let mut buf = [0u8; H2_PREFACE.len()];
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(n)) => n,
-            Ok(Err(_)) | Err(_) => return false,
+            Ok(Err(_)) | Err(_) => return None,
         };
         if n == 0 {
-            return false;
+            return None;
         }
-        if n == buf.len() || buf[..n] != H2_PREFACE[..n] {
-            return true;
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(Protocol::Http1);
+        }
+        if n == buf.len() {
+            return Some(Protocol::H2c);
         }
         // A prefix of the preface: `peek` would answer at once with the same bytes, so wait a
         // moment for the rest (this is only ever a client that pauses inside 24 bytes).
@@ -106,7 +117,7 @@ pub async fn first_bytes(stream: &TcpStream, within: Duration) -> bool {
             .await
             .is_err()
         {
-            return false;
+            return None;
         }
     }
 }
@@ -130,14 +141,17 @@ mod tests {
     #[tokio::test]
     async fn a_silent_client_is_given_up_on() {
         let (_client, server) = pair().await;
-        assert!(!first_bytes(&server, Duration::from_millis(50)).await);
+        assert_eq!(first_bytes(&server, Duration::from_millis(50)).await, None);
     }
 
     #[tokio::test]
     async fn an_http1_or_h2_start_is_recognised_and_left_unread() {
         let (mut client, server) = pair().await;
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        assert!(first_bytes(&server, Duration::from_secs(30)).await);
+        assert_eq!(
+            first_bytes(&server, Duration::from_secs(30)).await,
+            Some(Protocol::Http1)
+        );
         let mut buf = [0u8; 3];
         assert_eq!(server.peek(&mut buf).await.unwrap(), 3);
         assert_eq!(&buf, b"GET");
@@ -146,14 +160,14 @@ mod tests {
         client.write_all(&H2_PREFACE[..10]).await.unwrap();
         let wait = tokio::spawn(async move { first_bytes(&server, Duration::from_secs(30)).await });
         client.write_all(&H2_PREFACE[10..]).await.unwrap();
-        assert!(wait.await.unwrap());
+        assert_eq!(wait.await.unwrap(), Some(Protocol::H2c));
     }
 
     #[tokio::test]
     async fn a_client_stalled_inside_the_preface_is_given_up_on() {
         let (mut client, server) = pair().await;
         client.write_all(b"PRI * HTTP").await.unwrap();
-        assert!(!first_bytes(&server, Duration::from_millis(50)).await);
+        assert_eq!(first_bytes(&server, Duration::from_millis(50)).await, None);
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use inflight_runtime::http::{first_bytes, ConnLimits};
+use inflight_runtime::http::{first_bytes, ConnLimits, Protocol};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -107,13 +107,12 @@ async fn work(
             let deadline = Instant::now() + limits.header_read_timeout;
             let started = tokio::select! {
                 started = first_bytes(&stream, limits.header_read_timeout) => started,
-                _ = closing.wait_for(|closing| *closing) => false,
+                _ = closing.wait_for(|closing| *closing) => None,
             };
-            if !started {
+            let Some(protocol) = started else {
                 tracing::debug!(%client, "no request started in time; closing");
                 return;
-            }
-            let protocol = protocol(&stream).await;
+            };
             let first_request = Arc::new(Notify::new());
             let seen = first_request.clone();
             let service = service_fn(move |mut request: http::Request<_>| {
@@ -185,24 +184,6 @@ fn log_end(
 ) {
     if let Err(error) = ended {
         tracing::debug!(%error, %client, "connection ended with an error");
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocol {
-    Http1,
-    H2c,
-}
-
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// The protocol of a client that [`first_bytes`] has let through: it sent
-/// the whole h2 preface, or a byte that is not the preface's.
-async fn protocol(stream: &TcpStream) -> Protocol {
-    let mut buf = [0u8; H2_PREFACE.len()];
-    match stream.peek(&mut buf).await {
-        Ok(n) if n == buf.len() && buf == *H2_PREFACE => Protocol::H2c,
-        _ => Protocol::Http1,
     }
 }
 
