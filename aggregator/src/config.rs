@@ -75,6 +75,11 @@ pub struct Config {
     /// long again; three unanswered probes close the connection.
     #[arg(long, env = "INFLIGHT_GRPC_TCP_KEEPALIVE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub grpc_tcp_keepalive: Duration,
+    /// The longest report interval believed of a reporter: a window ends at most two of them
+    /// behind now, and a reporter is dropped after 3 of its intervals counted at most this long
+    /// (a reporter cannot make itself immortal by claiming a long interval).
+    #[arg(long, env = "INFLIGHT_MAX_REPORT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub max_report_interval: Duration,
 }
 
 impl Config {

@@ -49,6 +49,7 @@ pub async fn run(
         stable_ms: millis(config.stable_window),
         burst_ms: millis(config.burst_window),
         max_window_ms: millis(config.max_window),
+        max_report_interval_ms: millis(config.max_report_interval),
         started_ms: now_ms(),
     }));
     let mut prometheus = prometheus_client::registry::Registry::with_prefix("inflight");

@@ -52,6 +52,10 @@ pub struct Settings {
     pub burst_ms: i64,
     /// The longest window a scaler may ask for (the ring's length).
     pub max_window_ms: i64,
+    /// The longest report interval the aggregator believes: a member is dropped after
+    /// [`MISSED_INTERVALS`] of its interval counted at most this, and a window may end at most
+    /// two of them behind now.
+    pub max_report_interval_ms: i64,
     /// Unix ms when this process started: windows are averaged over what was observed since, and
     /// nothing that has members is called inactive before a whole scale-to-zero delay has passed.
     pub started_ms: i64,
@@ -72,6 +76,8 @@ struct Member {
     /// When its latest report arrived (local clock).
     seen_ms: i64,
     interval_ms: u32,
+    /// End of its latest report's interval: its figures are complete up to there.
+    until_ms: i64,
     /// In flight (pods) or held (activators) at its latest report.
     now: u32,
     /// For the SMI API: allocated when the pod first serves a request.
@@ -85,8 +91,6 @@ struct Workload {
     activators: HashMap<String, Member>,
     /// End of the latest interval in which a request arrived or was in flight.
     last_request_ms: Option<i64>,
-    /// The longest report interval of its members: how far behind "now" the figures are complete.
-    lag_ms: i64,
     /// Whether anything is in flight or held right now; watchers hear each change.
     busy: watch::Sender<bool>,
     /// Since when the ring's whole length holds data (it may have grown since this process
@@ -128,7 +132,6 @@ impl Workload {
             pods: HashMap::new(),
             activators: HashMap::new(),
             last_request_ms: None,
-            lag_ms: 1000,
             busy: watch::Sender::new(false),
             history_from_ms: i64::MIN,
             durations: Durations::default(),
@@ -143,6 +146,23 @@ impl Workload {
             .any(|m| m.now > 0);
         self.busy
             .send_if_modified(|b| std::mem::replace(b, busy) != busy);
+    }
+
+    /// Where a window may end: at the earliest end of its members' latest reports (each member's
+    /// figures are complete up to there, and not beyond), but never more than two report intervals
+    /// behind now, so one member that stopped reporting (or one long merged report still on its
+    /// way) cannot hold the answer back. Without members, everything the ring holds is complete.
+    fn complete_until(&self, now_ms: i64, max_interval_ms: i64) -> i64 {
+        let members = || self.pods.values().chain(self.activators.values());
+        let Some(earliest) = members().map(|m| m.until_ms).min() else {
+            return now_ms;
+        };
+        let interval = members()
+            .map(|m| i64::from(m.interval_ms).min(max_interval_ms))
+            .max()
+            .unwrap_or(1000)
+            .max(1000);
+        earliest.clamp(now_ms - 2 * interval, now_ms)
     }
 
     fn saw_requests(&mut self, end_ms: i64) {
@@ -227,7 +247,6 @@ impl Registry {
         if report.requests > 0 || report.in_flight > 0 || report.avg_concurrency > 0.0 {
             w.saw_requests(end_ms);
         }
-        w.lag_ms = w.lag_ms.max(i64::from(interval.length_ms));
         if let Some(h) = &report.latency {
             for (total, c) in w.durations.counts.iter_mut().zip(&h.counts) {
                 *total += c;
@@ -237,11 +256,13 @@ impl Registry {
         let member = w.pods.entry(pod.pod.clone()).or_insert_with(|| Member {
             seen_ms: now_ms,
             interval_ms: interval.length_ms,
+            until_ms: end_ms,
             now: 0,
             traffic: None,
         });
         member.seen_ms = now_ms;
         member.interval_ms = interval.length_ms;
+        member.until_ms = end_ms;
         member.now = report.in_flight;
         if traffic::has_traffic(report) {
             member
@@ -285,6 +306,7 @@ impl Registry {
                 Member {
                     seen_ms: now_ms,
                     interval_ms: interval.length_ms,
+                    until_ms: end_ms,
                     now: held.held,
                     traffic: None,
                 },
@@ -369,7 +391,7 @@ impl Registry {
             w.history_from_ms = now_ms - i64::from(w.ring.capacity()) * 1000;
             w.ring.grow(seconds);
         }
-        let end = now_ms - w.lag_ms;
+        let end = w.complete_until(now_ms, self.settings.max_report_interval_ms);
         let since = self.settings.started_ms.max(w.history_from_ms);
         let stable = w.ring.window(end, window_ms, since);
         match metric {
@@ -550,6 +572,7 @@ mod tests {
             stable_ms: 60_000,
             burst_ms: 6_000,
             max_window_ms: 600_000,
+            max_report_interval_ms: 10_000,
             started_ms,
         })
     }
@@ -586,6 +609,69 @@ mod tests {
                 latency: None,
             })),
         }
+    }
+
+    fn with_length(mut r: ReportRequest, length_ms: u32) -> ReportRequest {
+        if let Some(report_request::Report::Pod(p)) = &mut r.report {
+            p.interval = Some(Interval {
+                start_unix_ms: p.interval.unwrap().start_unix_ms,
+                length_ms,
+            });
+        }
+        r
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-6
+    }
+
+    #[test]
+    fn after_an_outage_longer_than_the_ring_the_answer_is_current() {
+        let r = registry(T0 - 3_600_000);
+        for s in 0..60 {
+            let at = T0 + s * 1000;
+            r.apply(
+                &report("web-1", "deployment/web", at, 10.0, 10, 10),
+                at + 1000,
+            )
+            .unwrap();
+        }
+        // The aggregator was unreachable for 70 s: the proxy sends one merged 70 s report.
+        let start = T0 + 60_000;
+        let merged = with_length(
+            report("web-1", "deployment/web", start, 10.0, 10, 700),
+            70_000,
+        );
+        let mut now = start + 70_000 + 20;
+        r.apply(&merged, now).unwrap();
+        assert!(close(
+            r.value(&web(), Metric::Concurrency, 60_000, now),
+            10.0
+        ));
+        // And every answer after it is current, not 70 s behind.
+        for s in 0..5 {
+            let at = start + 70_000 + s * 1000;
+            now = at + 1000 + 20;
+            r.apply(&report("web-1", "deployment/web", at, 10.0, 10, 10), now)
+                .unwrap();
+            let v = r.value(&web(), Metric::Concurrency, 60_000, now);
+            assert!(close(v, 10.0), "{s} s after the outage: {v}");
+        }
+    }
+
+    #[test]
+    fn one_huge_interval_does_not_hold_the_window_back() {
+        let r = registry(T0 - 3_600_000);
+        let now = T0 + 1_000_000_000;
+        let huge = u32::MAX;
+        let start = now - i64::from(huge);
+        r.apply(
+            &with_length(report("web-1", "deployment/web", start, 4.0, 4, 0), huge),
+            now,
+        )
+        .unwrap();
+        let v = r.value(&web(), Metric::Concurrency, 60_000, now);
+        assert!(close(v, 4.0), "{v}");
     }
 
     fn web() -> WorkloadKey {

@@ -101,27 +101,28 @@ impl Ring {
     }
 
     /// Spreads a sample over the seconds its interval overlaps. Parts older than the ring holds,
-    /// relative to `now_ms`, are dropped (they could only overwrite newer seconds).
+    /// relative to `now_ms`, are dropped (they could only overwrite newer seconds): a sample merged
+    /// over a long outage fills only the seconds the ring keeps, and the work is bounded by the
+    /// ring's length, never by the length a reporter chose.
     pub fn add(&mut self, sample: Sample, now_ms: i64) {
         if sample.length_ms == 0 {
             return;
         }
         // The ring holds `seconds_held` consecutive seconds ending with the current one.
         let oldest = now_ms.div_euclid(1000) - self.seconds_held() + 1;
-        let end_ms = sample.start_ms + i64::from(sample.length_ms);
+        let end_ms = sample.start_ms.saturating_add(i64::from(sample.length_ms));
         let length = f64::from(sample.length_ms);
-        let mut at = sample.start_ms;
+        let mut at = sample.start_ms.max(oldest.saturating_mul(1000));
         while at < end_ms {
             let second = at.div_euclid(1000);
             let next = ((second + 1) * 1000).min(end_ms);
+            #[allow(clippy::cast_precision_loss)]
             let overlap = (next - at) as f64;
-            if second >= oldest {
-                let fraction = overlap / length;
-                let b = self.slot(second);
-                b.concurrency_ms += sample.concurrency * overlap;
-                b.held_ms += sample.held * overlap;
-                b.requests += sample.requests * fraction;
-            }
+            let fraction = overlap / length;
+            let b = self.slot(second);
+            b.concurrency_ms += sample.concurrency * overlap;
+            b.held_ms += sample.held * overlap;
+            b.requests += sample.requests * fraction;
             at = next;
         }
     }
