@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::traffic::{self, PodTraffic, Traffic};
 use crate::validate::{self, Rejection};
-use crate::window::{with_burst, Ring, Sample};
+use crate::window::{Burst, Ring, Sample};
 
 /// A workload: namespace, lower-case kind (`deployment`, `statefulset`…) and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -98,7 +98,13 @@ struct Workload {
     history_from_ms: i64,
     /// Every latency reported since this process started, for OTLP's cumulative histogram.
     durations: Durations,
+    /// Burst mode, per stable window asked for (triggers may ask for different ones).
+    bursts: Vec<(i64, Burst)>,
 }
+
+/// How many different stable windows of one workload keep a burst mode; one more replaces the
+/// one least recently in burst mode.
+const BURST_STATES: usize = 4;
 
 /// A cumulative latency histogram (bucket counts as in `LATENCY_BOUNDS_SECONDS`, plus +Inf).
 #[derive(Debug, Clone, PartialEq)]
@@ -135,6 +141,7 @@ impl Workload {
             busy: watch::Sender::new(false),
             history_from_ms: i64::MIN,
             durations: Durations::default(),
+            bursts: Vec::new(),
         }
     }
 
@@ -163,6 +170,26 @@ impl Workload {
             .unwrap_or(1000)
             .max(1000);
         earliest.clamp(now_ms - 2 * interval, now_ms)
+    }
+
+    fn burst(&mut self, window_ms: i64) -> &mut Burst {
+        let i = match self.bursts.iter().position(|(w, _)| *w == window_ms) {
+            Some(i) => i,
+            None if self.bursts.len() < BURST_STATES => {
+                self.bursts.push((window_ms, Burst::default()));
+                self.bursts.len() - 1
+            }
+            None => {
+                let i = self
+                    .bursts
+                    .iter()
+                    .position(|(_, b)| !b.active())
+                    .unwrap_or(0);
+                self.bursts[i] = (window_ms, Burst::default());
+                i
+            }
+        };
+        &mut self.bursts[i].1
     }
 
     fn saw_requests(&mut self, end_ms: i64) {
@@ -376,8 +403,8 @@ impl Registry {
         dropped_pods.len()
     }
 
-    /// The scaler's value: concurrency (stable window, or the burst window when it reads at least
-    /// twice as much) or request rate (requests/s over the window).
+    /// The scaler's value: concurrency (stable window, or the burst window in burst mode, see
+    /// [`Burst`]) or request rate (requests/s over the window).
     pub fn value(&self, key: &WorkloadKey, metric: Metric, window_ms: i64, now_ms: i64) -> f64 {
         let Some(workload) = self.existing(key) else {
             return 0.0;
@@ -398,7 +425,8 @@ impl Registry {
             Metric::RequestRate => stable.request_rate,
             Metric::Concurrency => {
                 let burst = w.ring.window(end, self.settings.burst_ms, since);
-                with_burst(stable.concurrency, burst.concurrency)
+                w.burst(window_ms)
+                    .answer(stable.concurrency, burst.concurrency, window_ms, now_ms)
             }
         }
     }
@@ -702,6 +730,31 @@ mod tests {
         let rate = r.value(&web(), Metric::RequestRate, 60_000, now);
         assert!((rate - 20.0).abs() < 1e-6, "{rate}");
         assert_eq!(r.pods(&web()), vec!["web-1", "web-2"]);
+    }
+
+    #[test]
+    fn a_sustained_step_is_never_answered_with_less() {
+        let r = registry(T0);
+        let mut last = 0.0;
+        for s in 0..150 {
+            let at = T0 + s * 1000;
+            // One in flight for a minute, then ten for as long as the test runs.
+            let c = if s < 60 { 1.0 } else { 10.0 };
+            let now = at + 1000;
+            r.apply(&report("web-1", "deployment/web", at, c, 1, 1), now)
+                .unwrap();
+            let v = r.value(&web(), Metric::Concurrency, 60_000, now);
+            if s < 60 {
+                assert!(close(v, 1.0), "{s}: {v}");
+            } else {
+                assert!(v >= last - 1e-9, "{s} s: fell from {last} to {v}");
+            }
+            if s >= 66 {
+                // The burst window holds only the step from 6 s on.
+                assert!(close(v, 10.0), "{s} s: {v}");
+            }
+            last = v;
+        }
     }
 
     #[test]

@@ -153,13 +153,42 @@ impl Ring {
     }
 }
 
-/// Knative's panic rule: when the burst window reads at least twice the stable one, answer the
-/// burst value, so that a spike scales out in seconds rather than after a whole stable window.
-pub fn with_burst(stable: f64, burst: f64) -> f64 {
-    if burst >= 2.0 * stable {
-        burst
-    } else {
-        stable
+/// Knative's panic mode, with its memory. When the burst window reads at least twice the stable
+/// one, the burst value is answered, so a spike scales out in seconds rather than after a whole
+/// stable window. The mode lasts until a whole stable window has passed without that condition,
+/// and while it lasts the answer never falls: a sustained step from c0 to c1 > 2·c0 would
+/// otherwise be answered about c1/2 part-way through the stable window (when the stable value
+/// reaches half the burst one), and an HPA with a short scale-down stabilization would scale down
+/// in the middle of the load.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Burst {
+    /// When the condition last held, while in burst mode.
+    held_at_ms: Option<i64>,
+    /// The highest value answered in this burst mode.
+    answered: f64,
+}
+
+impl Burst {
+    /// The answer at `now_ms` for the windows' values, updating the mode.
+    pub fn answer(&mut self, stable: f64, burst: f64, stable_window_ms: i64, now_ms: i64) -> f64 {
+        if burst > 0.0 && burst >= 2.0 * stable {
+            self.held_at_ms = Some(now_ms);
+        } else if self
+            .held_at_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) >= stable_window_ms)
+        {
+            *self = Self::default();
+        }
+        if self.held_at_ms.is_none() {
+            return stable;
+        }
+        self.answered = self.answered.max(burst);
+        self.answered
+    }
+
+    /// Whether it is in burst mode.
+    pub fn active(&self) -> bool {
+        self.held_at_ms.is_some()
     }
 }
 
@@ -271,9 +300,30 @@ mod tests {
 
     #[test]
     fn the_burst_rule() {
-        assert!(close(with_burst(10.0, 19.9), 10.0));
-        assert!(close(with_burst(10.0, 20.0), 20.0));
-        assert!(close(with_burst(0.0, 0.5), 0.5));
-        assert!(close(with_burst(0.0, 0.0), 0.0));
+        let mut b = Burst::default();
+        assert!(close(b.answer(10.0, 19.9, 60_000, 0), 10.0));
+        assert!(!b.active());
+        assert!(close(b.answer(10.0, 20.0, 60_000, 1000), 20.0));
+        assert!(b.active());
+        let mut b = Burst::default();
+        assert!(close(b.answer(0.0, 0.5, 60_000, 0), 0.5));
+        let mut b = Burst::default();
+        assert!(close(b.answer(0.0, 0.0, 60_000, 0), 0.0));
+        assert!(!b.active(), "nothing in flight is no burst");
+    }
+
+    #[test]
+    fn burst_mode_lasts_a_stable_window_and_never_lowers_its_answer() {
+        let mut b = Burst::default();
+        assert!(close(b.answer(1.0, 10.0, 60_000, 0), 10.0));
+        // The condition no longer holds, and the burst value fell: the answer stays.
+        assert!(close(b.answer(6.0, 8.0, 60_000, 30_000), 10.0));
+        // It rises with the burst value.
+        assert!(close(b.answer(7.0, 12.0, 60_000, 59_999), 12.0));
+        // A whole stable window without the condition: back to the stable value.
+        assert!(close(b.answer(7.0, 12.0, 60_000, 60_000), 7.0));
+        assert!(!b.active());
+        // The condition holding again later starts a new mode, from its own value.
+        assert!(close(b.answer(2.0, 4.0, 60_000, 70_000), 4.0));
     }
 }
