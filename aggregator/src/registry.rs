@@ -258,7 +258,9 @@ impl Registry {
         self.claim(pod, &key)?;
         let workload = self.workload(&key);
         let mut w = lock(&workload);
-        let end_ms = interval.start_unix_ms + i64::from(interval.length_ms);
+        let end_ms = interval
+            .start_unix_ms
+            .saturating_add(i64::from(interval.length_ms));
         #[allow(clippy::cast_precision_loss)]
         let requests = report.requests as f64;
         w.ring.add(
@@ -276,7 +278,7 @@ impl Registry {
         }
         if let Some(h) = &report.latency {
             for (total, c) in w.durations.counts.iter_mut().zip(&h.counts) {
-                *total += c;
+                *total = total.saturating_add(*c);
             }
             w.durations.sum_seconds += h.sum_seconds;
         }
@@ -307,7 +309,9 @@ impl Registry {
             interval,
             workloads,
         } = validate::held_report(report, now_ms)?;
-        let end_ms = interval.start_unix_ms + i64::from(interval.length_ms);
+        let end_ms = interval
+            .start_unix_ms
+            .saturating_add(i64::from(interval.length_ms));
         for (key, held) in workloads {
             let workload = self.workload(&key);
             let mut w = lock(&workload);
@@ -755,6 +759,85 @@ mod tests {
             }
             last = v;
         }
+    }
+
+    fn pod(r: &mut ReportRequest) -> &mut PodReport {
+        match &mut r.report {
+            Some(report_request::Report::Pod(p)) => p,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn absurd_figures_are_refused_and_change_nothing() {
+        let r = registry(T0 - 3_600_000);
+        let now = T0 + 1000;
+        let good = || report("web-1", "deployment/web", T0, 3.0, 3, 30);
+        let mut cases: Vec<(&str, ReportRequest)> = Vec::new();
+        let mut c = good();
+        pod(&mut c).avg_concurrency = 1e308;
+        cases.push(("bad_concurrency", c));
+        let mut c = good();
+        pod(&mut c).in_flight = u32::MAX;
+        cases.push(("bad_concurrency", c));
+        let mut c = good();
+        pod(&mut c).requests = u64::MAX;
+        cases.push(("out_of_range", c));
+        let mut c = good();
+        pod(&mut c).responses = Some(inflight_proto::v1::Responses {
+            class_2xx: u64::MAX,
+            ..Default::default()
+        });
+        cases.push(("out_of_range", c));
+        let mut c = good();
+        pod(&mut c).latency = Some(LatencyHistogram {
+            counts: vec![u64::MAX; inflight_proto::LATENCY_BOUNDS_SECONDS.len() + 1],
+            sum_seconds: 1.0,
+        });
+        cases.push(("out_of_range", c));
+        let mut c = good();
+        pod(&mut c).latency = Some(LatencyHistogram {
+            counts: vec![1; inflight_proto::LATENCY_BOUNDS_SECONDS.len() + 1],
+            sum_seconds: 1e308,
+        });
+        cases.push(("bad_latency_sum", c));
+        let mut c = good();
+        pod(&mut c).interval = Some(Interval {
+            start_unix_ms: i64::MAX - 10,
+            length_ms: u32::MAX,
+        });
+        cases.push(("bad_interval", c));
+        let mut c = good();
+        pod(&mut c).interval = Some(Interval {
+            start_unix_ms: i64::MIN,
+            length_ms: 1000,
+        });
+        cases.push(("bad_interval", c));
+        for (reason, c) in &cases {
+            // Twice: a sum of two accepted absurd figures would overflow.
+            for _ in 0..2 {
+                assert_eq!(r.apply(c, now).unwrap_err().reason(), *reason, "{c:?}");
+            }
+        }
+        assert_eq!(r.census(), Census::default(), "nothing was made");
+        // The largest figures accepted add up without overflow or infinity.
+        let mut big = good();
+        pod(&mut big).avg_concurrency = validate::MAX_CONCURRENCY;
+        pod(&mut big).requests = validate::MAX_REQUESTS_PER_SECOND;
+        pod(&mut big).latency = Some(LatencyHistogram {
+            counts: vec![
+                validate::MAX_REQUESTS_PER_SECOND;
+                inflight_proto::LATENCY_BOUNDS_SECONDS.len() + 1
+            ],
+            sum_seconds: validate::MAX_LATENCY_SUM_SECONDS,
+        });
+        for _ in 0..3 {
+            r.apply(&big, now).unwrap();
+        }
+        let v = r.value(&web(), Metric::Concurrency, 60_000, now);
+        // 3 × 10⁶ in flight for one second: the burst window (6 s) reads 5 × 10⁵.
+        assert!(close(v, 3e6 / 6.0), "{v}");
+        assert!(r.export()[0].durations.sum_seconds.is_finite());
     }
 
     #[test]

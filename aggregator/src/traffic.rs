@@ -57,10 +57,10 @@ impl Default for Traffic {
 
 impl Traffic {
     pub fn add(&mut self, other: &Traffic) {
-        self.success += other.success;
-        self.failure += other.failure;
+        self.success = self.success.saturating_add(other.success);
+        self.failure = self.failure.saturating_add(other.failure);
         for (a, b) in self.latency.iter_mut().zip(other.latency) {
-            *a += b;
+            *a = a.saturating_add(b);
         }
     }
 
@@ -68,7 +68,7 @@ impl Traffic {
     /// Prometheus' `histogram_quantile` does; `None` without observations. The +Inf bucket
     /// answers with the largest finite bound.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        let total: u64 = self.latency.iter().sum();
+        let total = self.latency.iter().fold(0u64, |t, c| t.saturating_add(*c));
         if total == 0 {
             return None;
         }
@@ -77,8 +77,8 @@ impl Traffic {
         let mut seen = 0u64;
         for (i, count) in self.latency.iter().enumerate() {
             #[allow(clippy::cast_precision_loss)]
-            let (before, after) = (seen as f64, (seen + count) as f64);
-            seen += count;
+            let (before, after) = (seen as f64, seen.saturating_add(*count) as f64);
+            seen = seen.saturating_add(*count);
             if after >= rank && *count > 0 {
                 let Some(&upper) = LATENCY_BOUNDS_SECONDS.get(i) else {
                     return LATENCY_BOUNDS_SECONDS.last().copied();
@@ -102,8 +102,11 @@ impl Traffic {
 fn outcome(r: &PodReport) -> (u64, u64) {
     r.responses.as_ref().map_or((0, 0), |c| {
         (
-            c.class_1xx + c.class_2xx + c.class_3xx + c.class_4xx,
-            c.class_5xx + c.grpc_failure,
+            c.class_1xx
+                .saturating_add(c.class_2xx)
+                .saturating_add(c.class_3xx)
+                .saturating_add(c.class_4xx),
+            c.class_5xx.saturating_add(c.grpc_failure),
         )
     })
 }
@@ -111,7 +114,7 @@ fn outcome(r: &PodReport) -> (u64, u64) {
 /// Whether a report carries anything for this API (most idle reports do not).
 pub fn has_traffic(r: &PodReport) -> bool {
     let (s, f) = outcome(r);
-    s + f > 0
+    s.saturating_add(f) > 0
         || r.latency
             .as_ref()
             .is_some_and(|h| h.counts.iter().any(|c| *c > 0))
@@ -156,10 +159,10 @@ impl PodTraffic {
         for s in self.slots.iter().filter(|s| {
             s.start_ms != i64::MIN && s.start_ms + SLOT_MS > from && s.start_ms < now_ms
         }) {
-            t.success += u64::from(s.success);
-            t.failure += u64::from(s.failure);
+            t.success = t.success.saturating_add(u64::from(s.success));
+            t.failure = t.failure.saturating_add(u64::from(s.failure));
             for (a, b) in t.latency.iter_mut().zip(s.latency) {
-                *a += u64::from(b);
+                *a = a.saturating_add(u64::from(b));
             }
         }
         t

@@ -9,6 +9,17 @@ use crate::registry::WorkloadKey;
 /// How far in the future an interval may end (clock skew between nodes), in ms.
 const MAX_SKEW_MS: i64 = 5 * 60 * 1000;
 
+/// The most requests one pod may have in flight, or one activator may hold for one workload: far
+/// above what any pod serves, low enough that no sum of them overflows or loses meaning.
+pub const MAX_CONCURRENCY: f64 = 1_000_000.0;
+
+/// The most requests a report may count per second of its interval (started, ended by class, or
+/// in one latency bucket), and in any interval shorter than a second.
+pub const MAX_REQUESTS_PER_SECOND: u64 = 10_000_000;
+
+/// The largest latency sum one report may carry, in seconds (ten million requests of a day each).
+pub const MAX_LATENCY_SUM_SECONDS: f64 = 1e12;
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Rejection {
     #[error("empty report: neither `pod` nor `held` is set")]
@@ -25,13 +36,23 @@ pub enum Rejection {
     MissingInterval,
     #[error("interval of 0 ms")]
     ZeroInterval,
+    #[error(
+        "interval starting at {start_unix_ms} ms and {length_ms} ms long is not a time after 1970"
+    )]
+    BadInterval { start_unix_ms: i64, length_ms: u32 },
     #[error("interval ends {0} ms in the future")]
     FutureInterval(i64),
-    #[error("average concurrency {0} is negative or not a number")]
+    #[error("average concurrency {0} is negative, not a number, or above {MAX_CONCURRENCY}")]
     BadConcurrency(f64),
+    #[error("{what} {value} is above {limit} for the interval")]
+    OutOfRange {
+        what: &'static str,
+        value: u64,
+        limit: u64,
+    },
     #[error("latency histogram has {got} buckets, expected {want} (or none)")]
     BadHistogram { got: usize, want: usize },
-    #[error("latency sum {0} is negative or not a number")]
+    #[error("latency sum {0} is negative, not a number, or above {MAX_LATENCY_SUM_SECONDS}")]
     BadLatencySum(f64),
     #[error("pod already reports for workload {first}; it now claims {second}")]
     TwoWorkloads { first: String, second: String },
@@ -48,8 +69,10 @@ impl Rejection {
             Self::WorkloadNamespace { .. } => "workload_namespace",
             Self::MissingInterval => "missing_interval",
             Self::ZeroInterval => "zero_interval",
+            Self::BadInterval { .. } => "bad_interval",
             Self::FutureInterval(_) => "future_interval",
             Self::BadConcurrency(_) => "bad_concurrency",
+            Self::OutOfRange { .. } => "out_of_range",
             Self::BadHistogram { .. } => "bad_histogram",
             Self::BadLatencySum(_) => "bad_latency_sum",
             Self::TwoWorkloads { .. } => "two_workloads",
@@ -79,11 +102,40 @@ fn interval(i: Option<&Interval>, now_ms: i64) -> Result<Interval, Rejection> {
     if i.length_ms == 0 {
         return Err(Rejection::ZeroInterval);
     }
-    let ahead = i.start_unix_ms + i64::from(i.length_ms) - now_ms;
+    let end = i
+        .start_unix_ms
+        .checked_add(i64::from(i.length_ms))
+        .filter(|_| i.start_unix_ms >= 0)
+        .ok_or(Rejection::BadInterval {
+            start_unix_ms: i.start_unix_ms,
+            length_ms: i.length_ms,
+        })?;
+    let ahead = end.saturating_sub(now_ms);
     if ahead > MAX_SKEW_MS {
         return Err(Rejection::FutureInterval(ahead));
     }
     Ok(i)
+}
+
+fn concurrency(c: f64) -> Result<(), Rejection> {
+    if c.is_finite() && (0.0..=MAX_CONCURRENCY).contains(&c) {
+        Ok(())
+    } else {
+        Err(Rejection::BadConcurrency(c))
+    }
+}
+
+/// The most requests an interval of `length_ms` may count.
+fn requests_limit(length_ms: u32) -> u64 {
+    MAX_REQUESTS_PER_SECOND.saturating_mul(u64::from(length_ms.max(1000))) / 1000
+}
+
+fn count(what: &'static str, value: u64, interval: &Interval) -> Result<(), Rejection> {
+    let limit = requests_limit(interval.length_ms);
+    if value > limit {
+        return Err(Rejection::OutOfRange { what, value, limit });
+    }
+    Ok(())
 }
 
 /// A pod report's identity, workload and interval, if it is consistent.
@@ -93,8 +145,21 @@ pub fn pod_report(
 ) -> Result<(&PodIdentity, WorkloadKey, Interval), Rejection> {
     let (id, key) = identity(r.pod.as_ref())?;
     let interval = interval(r.interval.as_ref(), now_ms)?;
-    if !r.avg_concurrency.is_finite() || r.avg_concurrency < 0.0 {
-        return Err(Rejection::BadConcurrency(r.avg_concurrency));
+    concurrency(r.avg_concurrency)?;
+    concurrency(f64::from(r.in_flight))?;
+    count("requests", r.requests, &interval)?;
+    if let Some(c) = &r.responses {
+        for (what, value) in [
+            ("class_1xx", c.class_1xx),
+            ("class_2xx", c.class_2xx),
+            ("class_3xx", c.class_3xx),
+            ("class_4xx", c.class_4xx),
+            ("class_5xx", c.class_5xx),
+            ("grpc_failure", c.grpc_failure),
+            ("cancelled", c.cancelled),
+        ] {
+            count(what, value, &interval)?;
+        }
     }
     if let Some(h) = &r.latency {
         let want = LATENCY_BOUNDS_SECONDS.len() + 1;
@@ -104,7 +169,10 @@ pub fn pod_report(
                 want,
             });
         }
-        if !h.sum_seconds.is_finite() || h.sum_seconds < 0.0 {
+        for c in &h.counts {
+            count("latency bucket", *c, &interval)?;
+        }
+        if !h.sum_seconds.is_finite() || !(0.0..=MAX_LATENCY_SUM_SECONDS).contains(&h.sum_seconds) {
             return Err(Rejection::BadLatencySum(h.sum_seconds));
         }
     }
@@ -135,9 +203,9 @@ pub fn held_report(r: &HeldReport, now_ms: i64) -> Result<Held<'_>, Rejection> {
                 w.namespace, w.kind, w.name
             )));
         }
-        if !h.avg_held.is_finite() || h.avg_held < 0.0 {
-            return Err(Rejection::BadConcurrency(h.avg_held));
-        }
+        concurrency(h.avg_held)?;
+        concurrency(f64::from(h.held))?;
+        count("arrived", h.arrived, &interval)?;
         workloads.push((WorkloadKey::from_ref(w), h));
     }
     Ok(Held {
