@@ -297,7 +297,7 @@ impl Registry {
             member
                 .traffic
                 .get_or_insert_with(Box::default)
-                .add(report, end_ms);
+                .add(report, end_ms, now_ms);
         }
         w.refresh_busy();
         Ok(())
@@ -838,6 +838,35 @@ mod tests {
         // 3 × 10⁶ in flight for one second: the burst window (6 s) reads 5 × 10⁵.
         assert!(close(v, 3e6 / 6.0), "{v}");
         assert!(r.export()[0].durations.sum_seconds.is_finite());
+    }
+
+    #[test]
+    fn a_pod_whose_clock_runs_fast_is_refused_and_wipes_nothing() {
+        let r = registry(T0 - 3_600_000);
+        let mut now = T0;
+        for s in 0..60 {
+            let at = T0 + s * 1000;
+            now = at + 1000;
+            for p in ["web-1", "web-2"] {
+                r.apply(&report(p, "deployment/web", at, 2.0, 2, 2), now)
+                    .unwrap();
+            }
+        }
+        assert!(close(
+            r.value(&web(), Metric::Concurrency, 60_000, now),
+            4.0
+        ));
+        // web-2's clock is 3 s fast: its next report ends 3 s after now.
+        let ahead = report("web-2", "deployment/web", now + 2000, 9.0, 9, 9);
+        assert_eq!(
+            r.apply(&ahead, now).unwrap_err().reason(),
+            "future_interval"
+        );
+        // A second ahead is allowed (a report is sent when its interval ends).
+        r.apply(&report("web-1", "deployment/web", now, 2.0, 2, 2), now)
+            .unwrap();
+        let v = r.value(&web(), Metric::Concurrency, 60_000, now);
+        assert!(close(v, 4.0), "{v}");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 use inflight_proto::v1::PodReport;
 use inflight_proto::LATENCY_BOUNDS_SECONDS;
 
+use crate::validate::MAX_SKEW_MS;
+
 /// Slot length and how many slots a pod keeps (60 s of history plus the slot being filled).
 pub const SLOT_MS: i64 = 10_000;
 const SLOTS: usize = 7;
@@ -127,8 +129,12 @@ impl PodTraffic {
         }
     }
 
-    /// Adds a (validated) report, in the slot of its interval's end.
-    pub fn add(&mut self, r: &PodReport, end_ms: i64) {
+    /// Adds a (validated) report, in the slot of its interval's end. One that ends later than
+    /// `now_ms` plus [`MAX_SKEW_MS`] is dropped: its slot is that of a kept one.
+    pub fn add(&mut self, r: &PodReport, end_ms: i64, now_ms: i64) {
+        if end_ms > now_ms.saturating_add(MAX_SKEW_MS) {
+            return;
+        }
         let start = end_ms.div_euclid(SLOT_MS) * SLOT_MS;
         let i = usize::try_from(start.div_euclid(SLOT_MS).rem_euclid(SLOTS as i64)).unwrap_or(0);
         let slot = &mut self.slots[i];
@@ -202,8 +208,10 @@ mod tests {
     #[test]
     fn windows_add_the_slots_they_overlap() {
         let mut p = PodTraffic::new();
-        p.add(&report(10, 1, 3), 100_500);
-        p.add(&report(5, 0, 3), 125_000);
+        p.add(&report(10, 1, 3), 100_500, 100_500);
+        p.add(&report(5, 0, 3), 125_000, 125_000);
+        // One dated 70 s ahead would take the slot of the first: dropped.
+        p.add(&report(1000, 0, 3), 195_000, 125_000);
         let last_30 = p.window(130_000, 30_000);
         assert_eq!(
             (last_30.success, last_30.failure),

@@ -6,8 +6,10 @@ use inflight_proto::LATENCY_BOUNDS_SECONDS;
 
 use crate::registry::WorkloadKey;
 
-/// How far in the future an interval may end (clock skew between nodes), in ms.
-const MAX_SKEW_MS: i64 = 5 * 60 * 1000;
+/// How far in the future an interval may end, in ms: a report is sent when its interval ends, so
+/// anything later is a reporter's clock running fast. Stored, it would take the slot of an older
+/// second in the ring and wipe that second for every pod of the workload.
+pub const MAX_SKEW_MS: i64 = 1000;
 
 /// The most requests one pod may have in flight, or one activator may hold for one workload: far
 /// above what any pod serves, low enough that no sum of them overflows or loses meaning.

@@ -8,6 +8,8 @@
 //! window and dividing by the window's length gives the sum over pods of their time-weighted
 //! average concurrency in that window: exactly the signal, not a sample of it.
 
+use crate::validate::MAX_SKEW_MS;
+
 /// One second of one workload.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Bucket {
@@ -103,14 +105,18 @@ impl Ring {
     /// Spreads a sample over the seconds its interval overlaps. Parts older than the ring holds,
     /// relative to `now_ms`, are dropped (they could only overwrite newer seconds): a sample merged
     /// over a long outage fills only the seconds the ring keeps, and the work is bounded by the
-    /// ring's length, never by the length a reporter chose.
+    /// ring's length, never by the length a reporter chose. Parts later than `now_ms` plus
+    /// [`MAX_SKEW_MS`] are dropped too: a future second would take the slot of a kept one.
     pub fn add(&mut self, sample: Sample, now_ms: i64) {
         if sample.length_ms == 0 {
             return;
         }
         // The ring holds `seconds_held` consecutive seconds ending with the current one.
         let oldest = now_ms.div_euclid(1000) - self.seconds_held() + 1;
-        let end_ms = sample.start_ms.saturating_add(i64::from(sample.length_ms));
+        let end_ms = sample
+            .start_ms
+            .saturating_add(i64::from(sample.length_ms))
+            .min(now_ms.saturating_add(MAX_SKEW_MS));
         let length = f64::from(sample.length_ms);
         let mut at = sample.start_ms.max(oldest.saturating_mul(1000));
         while at < end_ms {
@@ -266,6 +272,10 @@ mod tests {
         // A report older than the ring is dropped rather than written over newer seconds.
         ring.add(sample(1000, 1000, 100.0, 0.0), 8000);
         assert!(close(ring.window(8000, 8000, 0).concurrency, 1.0 / 8.0));
+        // So is one dated after now: second 12 would take the slot of second 5.
+        ring.add(sample(5000, 1000, 3.0, 0.0), 8000);
+        ring.add(sample(12_000, 1000, 50.0, 0.0), 8000);
+        assert!(close(ring.window(8000, 8000, 0).concurrency, 4.0 / 8.0));
     }
 
     #[test]
