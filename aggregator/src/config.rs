@@ -80,6 +80,11 @@ pub struct Config {
     /// (a reporter cannot make itself immortal by claiming a long interval).
     #[arg(long, env = "INFLIGHT_MAX_REPORT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub max_report_interval: Duration,
+    /// After a start, how long until every reporter has found this process (sidecars re-resolve
+    /// the aggregators' addresses every 10 s and report every second): until then `GetMetrics`
+    /// answers `UNAVAILABLE` rather than a partial sum, and `/readyz` is not ready.
+    #[arg(long, env = "INFLIGHT_WARM_UP", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub warm_up: Duration,
 }
 
 impl Config {

@@ -51,6 +51,7 @@ pub async fn run(
         max_window_ms: millis(config.max_window),
         max_report_interval_ms: millis(config.max_report_interval),
         started_ms: now_ms(),
+        warm_up_ms: millis(config.warm_up),
     }));
     let mut prometheus = prometheus_client::registry::Registry::with_prefix("inflight");
     let metrics = metrics::Metrics::new(&mut prometheus, registry.clone());

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::traffic::{self, PodTraffic, Traffic};
 use crate::validate::{self, Rejection};
-use crate::window::{Burst, Ring, Sample};
+use crate::window::{Burst, Ring, Sample, WindowValue};
 
 /// A workload: namespace, lower-case kind (`deployment`, `statefulset`…) and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -57,8 +57,23 @@ pub struct Settings {
     /// two of them behind now.
     pub max_report_interval_ms: i64,
     /// Unix ms when this process started: windows are averaged over what was observed since, and
-    /// nothing that has members is called inactive before a whole scale-to-zero delay has passed.
+    /// nothing that has pods is called inactive before a whole scale-to-zero delay has passed.
     pub started_ms: i64,
+    /// How long after the start every reporter has found this process (sidecars resolve the
+    /// aggregators' addresses every 10 s): until then no workload is fully observed.
+    pub warm_up_ms: i64,
+}
+
+/// No answer yet: this process has not heard every reporter, and a partial sum would read less
+/// than the truth (a false zero for a workload whose pods have not found it yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not yet fully observed: this aggregator started {observed_ms} ms ago and warms up for \
+     {warm_up_ms} ms, until every reporter has found it"
+)]
+pub struct NotObserved {
+    pub observed_ms: i64,
+    pub warm_up_ms: i64,
 }
 
 /// What the scaler can ask for.
@@ -78,10 +93,28 @@ struct Member {
     interval_ms: u32,
     /// End of its latest report's interval: its figures are complete up to there.
     until_ms: i64,
+    /// Its latest report's average concurrency (or held) and requests per ms: what it is taken
+    /// to go on doing when its next report is late.
+    last_concurrency: f64,
+    last_requests_per_ms: f64,
     /// In flight (pods) or held (activators) at its latest report.
     now: u32,
     /// For the SMI API: allocated when the pod first serves a request.
     traffic: Option<Box<PodTraffic>>,
+    /// For a pod first heard during warm-up: what it reported since.
+    observed: Option<Observed>,
+}
+
+/// A pod first heard during warm-up was serving before this process could hear it. Until no
+/// window reaches back before its first report, the part of a window before it is filled with the
+/// pod's average over what was observed of it: each pod is averaged over its own observed span,
+/// not over this process's lifetime. (A pod first heard after warm-up is new: before it, it served
+/// nothing.)
+#[derive(Debug, Clone, Copy)]
+struct Observed {
+    from_ms: i64,
+    concurrency_ms: f64,
+    requests: f64,
 }
 
 #[derive(Debug)]
@@ -172,6 +205,48 @@ impl Workload {
         earliest.clamp(now_ms - 2 * interval, now_ms)
     }
 
+    /// The ring's window, with the part before each pod first heard during warm-up filled with
+    /// that pod's observed average (see [`Observed`]), and the part after the latest report of a
+    /// member more than two intervals late (see [`Workload::complete_until`]) with its latest
+    /// figures: a late reporter is not a false drop.
+    fn window(&self, end_ms: i64, window_ms: i64, since_ms: i64) -> WindowValue {
+        let mut v = self.ring.window(end_ms, window_ms, since_ms);
+        let start = end_ms.saturating_sub(window_ms).max(since_ms);
+        #[allow(clippy::cast_precision_loss)]
+        let span = (end_ms - start) as f64;
+        if span <= 0.0 {
+            return v;
+        }
+        for m in self
+            .pods
+            .values()
+            .chain(self.activators.values())
+            .filter(|m| m.until_ms < end_ms)
+        {
+            #[allow(clippy::cast_precision_loss)]
+            let late = (end_ms - m.until_ms.max(start)) as f64;
+            v.concurrency += m.last_concurrency * late / span;
+            v.request_rate += m.last_requests_per_ms * 1000.0 * late / span;
+        }
+        for (m, o) in self
+            .pods
+            .values()
+            .filter_map(|m| Some((m, m.observed?)))
+            .filter(|(_, o)| o.from_ms > start)
+        {
+            #[allow(clippy::cast_precision_loss)]
+            let (seen, missing) = (
+                (m.until_ms - o.from_ms) as f64,
+                (o.from_ms.min(end_ms) - start) as f64,
+            );
+            if seen > 0.0 && span > 0.0 {
+                v.concurrency += o.concurrency_ms / seen * missing / span;
+                v.request_rate += o.requests * 1000.0 / seen * missing / span;
+            }
+        }
+        v
+    }
+
     fn burst(&mut self, window_ms: i64) -> &mut Burst {
         let i = match self.bursts.iter().position(|(w, _)| *w == window_ms) {
             Some(i) => i,
@@ -230,6 +305,12 @@ impl Registry {
         self.settings
     }
 
+    /// Whether warm-up is over: every reporter has had the time to find this process, and every
+    /// workload's answer is a whole one. `/readyz` waits for it.
+    pub fn warmed_up(&self, now_ms: i64) -> bool {
+        now_ms.saturating_sub(self.settings.started_ms) >= self.settings.warm_up_ms
+    }
+
     fn workload(&self, key: &WorkloadKey) -> Arc<Mutex<Workload>> {
         if let Some(w) = read(&self.workloads).get(key) {
             return w.clone();
@@ -282,16 +363,35 @@ impl Registry {
             }
             w.durations.sum_seconds += h.sum_seconds;
         }
+        let warming_up = !self.warmed_up(now_ms);
         let member = w.pods.entry(pod.pod.clone()).or_insert_with(|| Member {
             seen_ms: now_ms,
             interval_ms: interval.length_ms,
             until_ms: end_ms,
+            last_concurrency: 0.0,
+            last_requests_per_ms: 0.0,
             now: 0,
             traffic: None,
+            observed: warming_up.then_some(Observed {
+                from_ms: interval.start_unix_ms,
+                concurrency_ms: 0.0,
+                requests: 0.0,
+            }),
         });
+        if let Some(o) = &mut member.observed {
+            o.concurrency_ms += report.avg_concurrency * f64::from(interval.length_ms);
+            o.requests += requests;
+            // No window reaches back before it any more.
+            let reach = self.settings.max_window_ms + 2 * self.settings.max_report_interval_ms;
+            if o.from_ms < now_ms - reach {
+                member.observed = None;
+            }
+        }
         member.seen_ms = now_ms;
         member.interval_ms = interval.length_ms;
         member.until_ms = end_ms;
+        member.last_concurrency = report.avg_concurrency;
+        member.last_requests_per_ms = requests / f64::from(interval.length_ms);
         member.now = report.in_flight;
         if traffic::has_traffic(report) {
             member
@@ -338,8 +438,11 @@ impl Registry {
                     seen_ms: now_ms,
                     interval_ms: interval.length_ms,
                     until_ms: end_ms,
+                    last_concurrency: held.avg_held,
+                    last_requests_per_ms: arrived / f64::from(interval.length_ms),
                     now: held.held,
                     traffic: None,
+                    observed: None,
                 },
             );
             w.refresh_busy();
@@ -408,10 +511,24 @@ impl Registry {
     }
 
     /// The scaler's value: concurrency (stable window, or the burst window in burst mode, see
-    /// [`Burst`]) or request rate (requests/s over the window).
-    pub fn value(&self, key: &WorkloadKey, metric: Metric, window_ms: i64, now_ms: i64) -> f64 {
+    /// [`Burst`]) or request rate (requests/s over the window). During warm-up there is none: a
+    /// workload whose pods have not found this process yet would read less than it serves, or 0.
+    /// After it, a workload nobody reports for reads 0.
+    pub fn value(
+        &self,
+        key: &WorkloadKey,
+        metric: Metric,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<f64, NotObserved> {
+        if !self.warmed_up(now_ms) {
+            return Err(NotObserved {
+                observed_ms: now_ms.saturating_sub(self.settings.started_ms),
+                warm_up_ms: self.settings.warm_up_ms,
+            });
+        }
         let Some(workload) = self.existing(key) else {
-            return 0.0;
+            return Ok(0.0);
         };
         let mut w = lock(&workload);
         let window_ms = window_ms.clamp(1000, self.settings.max_window_ms);
@@ -422,22 +539,34 @@ impl Registry {
             w.history_from_ms = now_ms - i64::from(w.ring.capacity()) * 1000;
             w.ring.grow(seconds);
         }
-        let end = w.complete_until(now_ms, self.settings.max_report_interval_ms);
-        let since = self.settings.started_ms.max(w.history_from_ms);
-        let stable = w.ring.window(end, window_ms, since);
-        match metric {
+        // Whole seconds only: the second being filled holds only the part reported so far, and
+        // reading a fraction of it as if it were spread over the whole second under-reads it.
+        let end = w
+            .complete_until(now_ms, self.settings.max_report_interval_ms)
+            .div_euclid(1000)
+            * 1000;
+        let since = self
+            .settings
+            .started_ms
+            .max(w.history_from_ms)
+            .saturating_add(999)
+            .div_euclid(1000)
+            * 1000;
+        let stable = w.window(end, window_ms, since);
+        Ok(match metric {
             Metric::RequestRate => stable.request_rate,
             Metric::Concurrency => {
-                let burst = w.ring.window(end, self.settings.burst_ms, since);
+                let burst = w.window(end, self.settings.burst_ms, since);
                 w.burst(window_ms)
                     .answer(stable.concurrency, burst.concurrency, window_ms, now_ms)
             }
-        }
+        })
     }
 
     /// Active: something in flight or held now, or a request within `delay_ms`. A workload that
-    /// has members is not called inactive until `delay_ms` has passed since this process started:
-    /// after a restart the aggregator does not know how long it has been idle.
+    /// has pods is not called inactive until `delay_ms` has passed since this process started:
+    /// after a restart the aggregator does not know how long it has been idle. One without pods
+    /// (at zero) is not woken by a restart: activators that list it holding nothing do not count.
     pub fn is_active(&self, key: &WorkloadKey, delay_ms: i64, now_ms: i64) -> bool {
         let Some(workload) = self.existing(key) else {
             return false;
@@ -447,8 +576,7 @@ impl Registry {
             return true;
         }
         let recent = w.last_request_ms.is_some_and(|t| now_ms - t < delay_ms);
-        let has_members = !w.pods.is_empty() || !w.activators.is_empty();
-        recent || (has_members && now_ms - self.settings.started_ms < delay_ms)
+        recent || (!w.pods.is_empty() && now_ms - self.settings.started_ms < delay_ms)
     }
 
     /// Wakes whoever waits on a change of the workload's "something in flight or held".
@@ -606,6 +734,7 @@ mod tests {
             max_window_ms: 600_000,
             max_report_interval_ms: 10_000,
             started_ms,
+            warm_up_ms: 15_000,
         })
     }
 
@@ -677,7 +806,7 @@ mod tests {
         let mut now = start + 70_000 + 20;
         r.apply(&merged, now).unwrap();
         assert!(close(
-            r.value(&web(), Metric::Concurrency, 60_000, now),
+            r.value(&web(), Metric::Concurrency, 60_000, now).unwrap(),
             10.0
         ));
         // And every answer after it is current, not 70 s behind.
@@ -686,7 +815,7 @@ mod tests {
             now = at + 1000 + 20;
             r.apply(&report("web-1", "deployment/web", at, 10.0, 10, 10), now)
                 .unwrap();
-            let v = r.value(&web(), Metric::Concurrency, 60_000, now);
+            let v = r.value(&web(), Metric::Concurrency, 60_000, now).unwrap();
             assert!(close(v, 10.0), "{s} s after the outage: {v}");
         }
     }
@@ -702,7 +831,7 @@ mod tests {
             now,
         )
         .unwrap();
-        let v = r.value(&web(), Metric::Concurrency, 60_000, now);
+        let v = r.value(&web(), Metric::Concurrency, 60_000, now).unwrap();
         assert!(close(v, 4.0), "{v}");
     }
 
@@ -729,9 +858,9 @@ mod tests {
         let stable = 1.0 + (54.0 + 60.0) / 60.0;
         let burst = 11.0;
         assert!(burst >= 2.0 * stable);
-        let v = r.value(&web(), Metric::Concurrency, 60_000, now);
+        let v = r.value(&web(), Metric::Concurrency, 60_000, now).unwrap();
         assert!((v - burst).abs() < 1e-6, "{v}");
-        let rate = r.value(&web(), Metric::RequestRate, 60_000, now);
+        let rate = r.value(&web(), Metric::RequestRate, 60_000, now).unwrap();
         assert!((rate - 20.0).abs() < 1e-6, "{rate}");
         assert_eq!(r.pods(&web()), vec!["web-1", "web-2"]);
     }
@@ -747,7 +876,10 @@ mod tests {
             let now = at + 1000;
             r.apply(&report("web-1", "deployment/web", at, c, 1, 1), now)
                 .unwrap();
-            let v = r.value(&web(), Metric::Concurrency, 60_000, now);
+            let Ok(v) = r.value(&web(), Metric::Concurrency, 60_000, now) else {
+                assert!(s < 15, "an answer once warmed up");
+                continue;
+            };
             if s < 60 {
                 assert!(close(v, 1.0), "{s}: {v}");
             } else {
@@ -834,7 +966,7 @@ mod tests {
         for _ in 0..3 {
             r.apply(&big, now).unwrap();
         }
-        let v = r.value(&web(), Metric::Concurrency, 60_000, now);
+        let v = r.value(&web(), Metric::Concurrency, 60_000, now).unwrap();
         // 3 × 10⁶ in flight for one second: the burst window (6 s) reads 5 × 10⁵.
         assert!(close(v, 3e6 / 6.0), "{v}");
         assert!(r.export()[0].durations.sum_seconds.is_finite());
@@ -853,7 +985,7 @@ mod tests {
             }
         }
         assert!(close(
-            r.value(&web(), Metric::Concurrency, 60_000, now),
+            r.value(&web(), Metric::Concurrency, 60_000, now).unwrap(),
             4.0
         ));
         // web-2's clock is 3 s fast: its next report ends 3 s after now.
@@ -865,8 +997,107 @@ mod tests {
         // A second ahead is allowed (a report is sent when its interval ends).
         r.apply(&report("web-1", "deployment/web", now, 2.0, 2, 2), now)
             .unwrap();
-        let v = r.value(&web(), Metric::Concurrency, 60_000, now);
+        let v = r.value(&web(), Metric::Concurrency, 60_000, now).unwrap();
         assert!(close(v, 4.0), "{v}");
+    }
+
+    #[test]
+    fn after_a_restart_no_answer_until_warmed_up_then_each_pod_over_its_own_span() {
+        let r = registry(T0);
+        // web-1 found this process at once, web-2 only 10 s later (its next DNS re-resolve).
+        for s in 0..30 {
+            let at = T0 + s * 1000;
+            let now = at + 1000;
+            r.apply(&report("web-1", "deployment/web", at, 5.0, 5, 5), now)
+                .unwrap();
+            if s >= 10 {
+                r.apply(&report("web-2", "deployment/web", at, 5.0, 5, 5), now)
+                    .unwrap();
+            }
+            let v = r.value(&web(), Metric::Concurrency, 60_000, now);
+            let nobody = r.value(
+                &WorkloadKey::new("shop", "deployment", "nope"),
+                Metric::Concurrency,
+                60_000,
+                now,
+            );
+            if now - T0 < 15_000 {
+                assert!(v.is_err() && nobody.is_err(), "{s} s: {v:?} {nobody:?}");
+                assert!(!r.warmed_up(now));
+            } else {
+                assert!(r.warmed_up(now));
+                assert_eq!(nobody, Ok(0.0), "after warm-up, nobody reports for it: 0");
+                // Not 5 + 5 × (s - 10) / s: web-2 is averaged over what was seen of it.
+                let v = v.unwrap();
+                assert!(close(v, 10.0), "{s} s: {v}");
+                let rate = r.value(&web(), Metric::RequestRate, 60_000, now).unwrap();
+                assert!(close(rate, 10.0), "{s} s: {rate}");
+            }
+        }
+        // A pod first heard after warm-up is new: before it, it served nothing.
+        let r = registry(T0 - 3_600_000);
+        for s in 0..60 {
+            let at = T0 + s * 1000;
+            r.apply(&report("web-1", "deployment/web", at, 5.0, 5, 5), at + 1000)
+                .unwrap();
+        }
+        let at = T0 + 60_000;
+        r.apply(&report("web-1", "deployment/web", at, 5.0, 5, 5), at + 1000)
+            .unwrap();
+        r.apply(&report("web-2", "deployment/web", at, 6.0, 6, 6), at + 1000)
+            .unwrap();
+        let v = r
+            .value(&web(), Metric::Concurrency, 60_000, at + 1000)
+            .unwrap();
+        assert!(close(v, 5.0 + 6.0 / 60.0), "{v}");
+    }
+
+    #[test]
+    fn a_restart_does_not_wake_a_workload_at_zero() {
+        use inflight_proto::v1::{HeldReport, HeldWorkload};
+        let r = registry(T0);
+        // The activator lists the workload, holding nothing for it.
+        let held = ReportRequest {
+            report: Some(report_request::Report::Held(HeldReport {
+                activator: Some(PodIdentity {
+                    namespace: "inflight".into(),
+                    pod: "activator-1".into(),
+                    ..PodIdentity::default()
+                }),
+                interval: Some(Interval {
+                    start_unix_ms: T0,
+                    length_ms: 1000,
+                }),
+                workloads: vec![HeldWorkload {
+                    workload: Some(WorkloadRef {
+                        namespace: "shop".into(),
+                        kind: "deployment".into(),
+                        name: "web".into(),
+                    }),
+                    ..HeldWorkload::default()
+                }],
+            })),
+        };
+        r.apply(&held, T0 + 1000).unwrap();
+        assert!(!r.is_active(&web(), 300_000, T0 + 1000));
+    }
+
+    #[test]
+    fn reports_out_of_phase_with_the_seconds_add_up() {
+        // Reports every second at 437 ms past it, on a process started at 50 ms past a second.
+        let t0 = T0 + 437;
+        let r = registry(t0 + 2050);
+        for s in 0..30 {
+            let at = t0 + s * 1000;
+            let now = at + 1000;
+            for p in ["web-1", "web-2", "web-3"] {
+                r.apply(&report(p, "deployment/web", at, 1.0, 1, 1), now)
+                    .unwrap();
+            }
+            if let Ok(v) = r.value(&web(), Metric::Concurrency, 60_000, now + 10) {
+                assert!(close(v, 3.0), "{s}: {v}");
+            }
+        }
     }
 
     #[test]
@@ -997,8 +1228,11 @@ mod tests {
         );
         assert!(r.is_active(&web(), 300_000, T0));
         // Held requests count as concurrency (no pod runs yet).
-        let v = r.value(&web(), Metric::Concurrency, 60_000, T0 + 1000);
-        assert!(v > 0.0, "{v}");
+        // 1.5 held for one second: the burst window (6 s) reads 0.25, four times the stable one.
+        let v = r
+            .value(&web(), Metric::Concurrency, 60_000, T0 + 1000)
+            .unwrap();
+        assert!(close(v, 0.25), "{v}");
         assert_eq!(r.census().activators, 1);
     }
 

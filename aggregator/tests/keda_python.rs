@@ -40,7 +40,7 @@ fn python_keda_client_drives_all_four_rpcs() {
         .unwrap();
     assert!(status.success(), "grpc_tools.protoc failed");
 
-    let aggregator = Aggregator::start(&[]);
+    let aggregator = Aggregator::start(&["--warm-up", "1s"]);
     let proxy = proxy_in_front_of_demo_app(&aggregator.url(), "deployment/web", "web-1");
 
     let out = Command::new("python3")

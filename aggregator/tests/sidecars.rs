@@ -107,19 +107,39 @@ fn reference(workload: &str, scale_to_zero_after: &str) -> ScaledObjectRef {
     }
 }
 
-async fn value(
+async fn answer(
     scaler: &mut ExternalScalerClient<tonic::transport::Channel>,
     workload: &str,
-) -> f64 {
+) -> Result<f64, tonic::Status> {
     let r = scaler
         .get_metrics(GetMetricsRequest {
             scaled_object_ref: Some(reference(workload, "300s")),
             metric_name: "m".into(),
         })
-        .await
-        .unwrap()
+        .await?
         .into_inner();
-    r.metric_values[0].metric_value_float
+    Ok(r.metric_values[0].metric_value_float)
+}
+
+async fn value(
+    scaler: &mut ExternalScalerClient<tonic::transport::Channel>,
+    workload: &str,
+) -> f64 {
+    answer(scaler, workload).await.unwrap()
+}
+
+/// Until warm-up is over GetMetrics answers UNAVAILABLE, never a partial sum.
+async fn warmed_up(scaler: &mut ExternalScalerClient<tonic::transport::Channel>, workload: &str) {
+    eventually("warm-up", 30, async || {
+        match answer(scaler, workload).await {
+            Ok(_) => true,
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+                false
+            }
+        }
+    })
+    .await;
 }
 
 async fn eventually(what: &str, secs: u64, mut check: impl AsyncFnMut() -> bool) {
@@ -136,7 +156,7 @@ async fn eventually(what: &str, secs: u64, mut check: impl AsyncFnMut() -> bool)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_sidecars_expiry_restart_and_bad_reports() {
     let t0 = now_ms() - 2000;
-    let mut aggregator = Aggregator::start(&[]);
+    let mut aggregator = Aggregator::start(&["--warm-up", "3s"]);
     let url = aggregator.url();
 
     // 1,000 pods in 10 workloads, each pod averaging 1.0 in flight; workload "idle" has one idle pod.
@@ -172,10 +192,10 @@ async fn a_thousand_sidecars_expiry_restart_and_bad_reports() {
 
     // Each workload: 100 pods × 1.0 — averaged over what this aggregator observed.
     let mut scaler = ExternalScalerClient::connect(url.clone()).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    warmed_up(&mut scaler, "w0").await;
     for w in 0..WORKLOADS {
         let v = value(&mut scaler, &format!("w{w}")).await;
-        assert!((v - 100.0).abs() <= 5.0, "w{w}: {v}, expected 100 ± 5");
+        assert!((v - 100.0).abs() < 1e-6, "w{w}: {v}, expected 100");
     }
 
     // Half the pods stop reporting: after 3 missed intervals they are gone.
@@ -199,7 +219,7 @@ async fn a_thousand_sidecars_expiry_restart_and_bad_reports() {
     // fraction of a second at the window's start, hence a few seconds of window before reading.)
     aggregator.kill();
     let restart = now_ms();
-    let aggregator = Aggregator::start_on(aggregator.grpc, &[]);
+    let aggregator = Aggregator::start_on(aggregator.grpc, &["--warm-up", "3s"]);
     eventually("the sidecars to reconnect", 30, async || {
         aggregator.metric("inflight_aggregator_pods").await == Some(501.0)
     })
@@ -303,8 +323,8 @@ async fn a_thousand_sidecars_expiry_restart_and_bad_reports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_give_the_same_answers() {
     let t0 = now_ms() - 2000;
-    let a = Aggregator::start(&[]);
-    let b = Aggregator::start(&[]);
+    let a = Aggregator::start(&["--warm-up", "3s"]);
+    let b = Aggregator::start(&["--warm-up", "3s"]);
     let (_stop, rx) = watch::channel(false);
     for i in 0..40 {
         let w = format!("w{}", i % 4);
@@ -326,9 +346,10 @@ async fn two_replicas_give_the_same_answers() {
         })
         .await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let mut sa = ExternalScalerClient::connect(a.url()).await.unwrap();
     let mut sb = ExternalScalerClient::connect(b.url()).await.unwrap();
+    warmed_up(&mut sa, "w0").await;
+    warmed_up(&mut sb, "w0").await;
     for w in 0..4 {
         let name = format!("w{w}");
         let (va, vb) = (value(&mut sa, &name).await, value(&mut sb, &name).await);

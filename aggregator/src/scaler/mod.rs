@@ -94,7 +94,10 @@ impl ExternalScaler for ScalerService {
         let t = self.trigger(r.scaled_object_ref.as_ref())?;
         let value = self
             .registry
-            .value(&t.workload, t.metric, t.window_ms, now_ms());
+            .value(&t.workload, t.metric, t.window_ms, now_ms())
+            // No answer rather than a false one: the HPA keeps its replicas and KEDA's
+            // `fallback` applies.
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let metric_name = if r.metric_name.is_empty() {
             t.metric_name()
         } else {
