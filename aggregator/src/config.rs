@@ -85,6 +85,23 @@ pub struct Config {
     /// answers `UNAVAILABLE` rather than a partial sum, and `/readyz` is not ready.
     #[arg(long, env = "INFLIGHT_WARM_UP", default_value = "15s", value_parser = humantime::parse_duration)]
     pub warm_up: Duration,
+    /// The most pods tracked for one workload (and, apart, activators reporting for one workload);
+    /// a report over it is refused (`RESOURCE_EXHAUSTED`) and counted by reason.
+    #[arg(long, env = "INFLIGHT_MAX_PODS_PER_WORKLOAD", default_value_t = 1000)]
+    pub max_pods_per_workload: usize,
+    /// The most workloads tracked in one namespace.
+    #[arg(
+        long,
+        env = "INFLIGHT_MAX_WORKLOADS_PER_NAMESPACE",
+        default_value_t = 1000
+    )]
+    pub max_workloads_per_namespace: usize,
+    /// The most workloads tracked in all (each keeps a ring of about 2 KiB).
+    #[arg(long, env = "INFLIGHT_MAX_WORKLOADS", default_value_t = 10_000)]
+    pub max_workloads: usize,
+    /// The most pods tracked in all (about 1.5 KiB each with their SMI figures).
+    #[arg(long, env = "INFLIGHT_MAX_PODS", default_value_t = 50_000)]
+    pub max_pods: usize,
 }
 
 impl Config {

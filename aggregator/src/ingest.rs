@@ -39,6 +39,8 @@ impl Ingest for IngestService {
         let mut stream = request.into_inner();
         self.metrics.streams.inc();
         let _connected = Connected(&self.metrics);
+        // The pods this stream claims are released when it ends, however it ends.
+        let claims = self.registry.stream();
         let mut accepted = 0u64;
         loop {
             let report = tokio::select! {
@@ -52,7 +54,7 @@ impl Ingest for IngestService {
                 }
             };
             let Some(report) = report else { break };
-            match self.registry.apply(&report, now_ms()) {
+            match claims.apply(&report, now_ms()) {
                 Ok(()) => {
                     accepted += 1;
                     self.metrics.reports.inc();
@@ -60,10 +62,15 @@ impl Ingest for IngestService {
                 Err(rejection) => {
                     self.metrics.rejected(rejection.reason());
                     tracing::warn!(reason = rejection.reason(), %rejection, "report rejected");
-                    return Err(Status::invalid_argument(format!(
+                    let message = format!(
                         "report rejected ({}): {rejection}; {accepted} earlier reports of this stream were taken",
                         rejection.reason()
-                    )));
+                    );
+                    return Err(if rejection.is_limit() {
+                        Status::resource_exhausted(message)
+                    } else {
+                        Status::invalid_argument(message)
+                    });
                 }
             }
         }

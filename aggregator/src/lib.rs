@@ -52,6 +52,12 @@ pub async fn run(
         max_report_interval_ms: millis(config.max_report_interval),
         started_ms: now_ms(),
         warm_up_ms: millis(config.warm_up),
+        limits: registry::Limits {
+            pods_per_workload: config.max_pods_per_workload,
+            workloads_per_namespace: config.max_workloads_per_namespace,
+            workloads: config.max_workloads,
+            pods: config.max_pods,
+        },
     }));
     let mut prometheus = prometheus_client::registry::Registry::with_prefix("inflight");
     let metrics = metrics::Metrics::new(&mut prometheus, registry.clone());

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use inflight_proto::v1::{
@@ -62,6 +63,28 @@ pub struct Settings {
     /// How long after the start every reporter has found this process (sidecars resolve the
     /// aggregators' addresses every 10 s): until then no workload is fully observed.
     pub warm_up_ms: i64,
+    pub limits: Limits,
+}
+
+/// How much state reporters may make: every name is a workload (a ring) or a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Pods of one workload (and, apart, activators reporting for one workload).
+    pub pods_per_workload: usize,
+    pub workloads_per_namespace: usize,
+    pub workloads: usize,
+    pub pods: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            pods_per_workload: 1000,
+            workloads_per_namespace: 1000,
+            workloads: 10_000,
+            pods: 50_000,
+        }
+    }
 }
 
 /// No answer yet: this process has not heard every reporter, and a partial sum would read less
@@ -285,8 +308,56 @@ pub struct Registry {
     settings: Settings,
     ring_seconds: u32,
     workloads: RwLock<HashMap<WorkloadKey, Arc<Mutex<Workload>>>>,
-    /// (namespace, pod) → its workload: a pod that claims a second workload is refused.
-    pods: Mutex<HashMap<(String, String), WorkloadKey>>,
+    /// Workloads per namespace; changed only under the `workloads` write lock.
+    namespaces: Mutex<HashMap<String, usize>>,
+    /// (namespace, pod) → its workload: a pod that claims a second workload is refused while the
+    /// stream that claimed it is open.
+    pods: Mutex<HashMap<(String, String), Claim>>,
+    /// Pods tracked, over all workloads.
+    pod_count: AtomicUsize,
+    next_stream: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct Claim {
+    workload: WorkloadKey,
+    /// The stream that claimed it, until that stream ends.
+    stream: Option<u64>,
+}
+
+/// Reports that [`Registry::apply`] takes without a stream: their claims last until the pod
+/// expires.
+const NO_STREAM: u64 = 0;
+
+/// One report stream. The pod names it claimed are released when it ends (dropped): another
+/// workload may then claim them, so a name squatted by a stream is free once it closes, and a
+/// pod that really moved is not refused until its old entry expires.
+#[derive(Debug)]
+pub struct Stream<'a> {
+    registry: &'a Registry,
+    id: u64,
+    claimed: Mutex<Vec<(String, String)>>,
+}
+
+impl Stream<'_> {
+    /// Folds one report in, or refuses it without changing anything.
+    pub fn apply(&self, report: &ReportRequest, now_ms: i64) -> Result<(), Rejection> {
+        self.registry.apply_on(report, Some(self), now_ms)
+    }
+}
+
+impl Drop for Stream<'_> {
+    fn drop(&mut self) {
+        let claimed = std::mem::take(&mut *lock(&self.claimed));
+        let mut pods = lock(&self.registry.pods);
+        for key in claimed {
+            if let Some(c) = pods.get_mut(&key) {
+                if c.stream == Some(self.id) {
+                    c.stream = None;
+                }
+            }
+        }
+    }
 }
 
 impl Registry {
@@ -297,7 +368,19 @@ impl Registry {
             settings,
             ring_seconds,
             workloads: RwLock::default(),
+            namespaces: Mutex::default(),
             pods: Mutex::default(),
+            pod_count: AtomicUsize::new(0),
+            next_stream: AtomicU64::new(NO_STREAM + 1),
+        }
+    }
+
+    /// A new report stream (see [`Stream`]).
+    pub fn stream(&self) -> Stream<'_> {
+        Stream {
+            registry: self,
+            id: self.next_stream.fetch_add(1, Ordering::Relaxed),
+            claimed: Mutex::default(),
         }
     }
 
@@ -311,34 +394,84 @@ impl Registry {
         now_ms.saturating_sub(self.settings.started_ms) >= self.settings.warm_up_ms
     }
 
-    fn workload(&self, key: &WorkloadKey) -> Arc<Mutex<Workload>> {
+    /// The workload, made if the limits allow.
+    fn workload(&self, key: &WorkloadKey) -> Result<Arc<Mutex<Workload>>, Rejection> {
         if let Some(w) = read(&self.workloads).get(key) {
-            return w.clone();
+            return Ok(w.clone());
         }
-        write(&self.workloads)
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(Mutex::new(Workload::new(self.ring_seconds))))
-            .clone()
+        let limits = self.settings.limits;
+        let mut workloads = write(&self.workloads);
+        if let Some(w) = workloads.get(key) {
+            return Ok(w.clone());
+        }
+        if workloads.len() >= limits.workloads {
+            return Err(Rejection::Limit {
+                what: "workloads",
+                reason: "workloads",
+                limit: limits.workloads,
+                flag: "--max-workloads",
+            });
+        }
+        let mut namespaces = lock(&self.namespaces);
+        let in_namespace = namespaces.entry(key.namespace.clone()).or_insert(0);
+        if *in_namespace >= limits.workloads_per_namespace {
+            return Err(Rejection::Limit {
+                what: "workloads in the namespace",
+                reason: "workloads_per_namespace",
+                limit: limits.workloads_per_namespace,
+                flag: "--max-workloads-per-namespace",
+            });
+        }
+        *in_namespace += 1;
+        let w = Arc::new(Mutex::new(Workload::new(self.ring_seconds)));
+        workloads.insert(key.clone(), w.clone());
+        Ok(w)
     }
 
     fn existing(&self, key: &WorkloadKey) -> Option<Arc<Mutex<Workload>>> {
         read(&self.workloads).get(key).cloned()
     }
 
-    /// Folds one report in, or refuses it without changing anything.
+    /// Folds one report in, or refuses it without changing anything (a refused report may leave
+    /// an empty workload, which the next sweep drops). Reports of a stream go through
+    /// [`Registry::stream`].
     pub fn apply(&self, report: &ReportRequest, now_ms: i64) -> Result<(), Rejection> {
+        self.apply_on(report, None, now_ms)
+    }
+
+    fn apply_on(
+        &self,
+        report: &ReportRequest,
+        stream: Option<&Stream<'_>>,
+        now_ms: i64,
+    ) -> Result<(), Rejection> {
         match &report.report {
-            Some(report_request::Report::Pod(p)) => self.apply_pod(p, now_ms),
+            Some(report_request::Report::Pod(p)) => self.apply_pod(p, stream, now_ms),
             Some(report_request::Report::Held(h)) => self.apply_held(h, now_ms),
             None => Err(Rejection::Empty),
         }
     }
 
-    fn apply_pod(&self, report: &PodReport, now_ms: i64) -> Result<(), Rejection> {
+    fn apply_pod(
+        &self,
+        report: &PodReport,
+        stream: Option<&Stream<'_>>,
+        now_ms: i64,
+    ) -> Result<(), Rejection> {
         let (pod, key, interval) = validate::pod_report(report, now_ms)?;
-        self.claim(pod, &key)?;
-        let workload = self.workload(&key);
+        // Before making anything: a refused report makes no workload.
+        self.claimable(pod, &key)?;
+        let workload = self.workload(&key)?;
         let mut w = lock(&workload);
+        if !w.pods.contains_key(&pod.pod) {
+            self.admit_pod(w.pods.len())?;
+        }
+        if let Err(e) = self.claim(pod, &key, stream) {
+            if !w.pods.contains_key(&pod.pod) {
+                self.pod_count.fetch_sub(1, Ordering::Relaxed);
+            }
+            return Err(e);
+        }
         let end_ms = interval
             .start_unix_ms
             .saturating_add(i64::from(interval.length_ms));
@@ -412,9 +545,27 @@ impl Registry {
         let end_ms = interval
             .start_unix_ms
             .saturating_add(i64::from(interval.length_ms));
-        for (key, held) in workloads {
-            let workload = self.workload(&key);
-            let mut w = lock(&workload);
+        // Every workload first, so that a limit refuses the report before anything changed.
+        let handles = workloads
+            .iter()
+            .map(|(key, _)| self.workload(key))
+            .collect::<Result<Vec<_>, _>>()?;
+        let name = format!("{}/{}", activator.namespace, activator.pod);
+        for workload in &handles {
+            let w = lock(workload);
+            if !w.activators.contains_key(&name)
+                && w.activators.len() >= self.settings.limits.pods_per_workload
+            {
+                return Err(Rejection::Limit {
+                    what: "activators of the workload",
+                    reason: "pods_per_workload",
+                    limit: self.settings.limits.pods_per_workload,
+                    flag: "--max-pods-per-workload",
+                });
+            }
+        }
+        for ((_, held), workload) in workloads.iter().zip(&handles) {
+            let mut w = lock(workload);
             #[allow(clippy::cast_precision_loss)]
             let arrived = held.arrived as f64;
             // Requests that arrived at the activator count as requests for the workload's rate.
@@ -431,9 +582,8 @@ impl Registry {
             if held.held > 0 || held.arrived > 0 {
                 w.saw_requests(end_ms);
             }
-            let name = format!("{}/{}", activator.namespace, activator.pod);
             w.activators.insert(
-                name,
+                name.clone(),
                 Member {
                     seen_ms: now_ms,
                     interval_ms: interval.length_ms,
@@ -450,17 +600,78 @@ impl Registry {
         Ok(())
     }
 
-    /// A pod belongs to one workload for its whole life.
-    fn claim(&self, pod: &PodIdentity, key: &WorkloadKey) -> Result<(), Rejection> {
-        let mut pods = lock(&self.pods);
-        match pods.get(&(pod.namespace.clone(), pod.pod.clone())) {
-            Some(owner) if owner != key => Err(Rejection::TwoWorkloads {
-                first: owner.to_string(),
+    /// Counts a new pod in, if the limits allow: `in_workload` pods are already there.
+    fn admit_pod(&self, in_workload: usize) -> Result<(), Rejection> {
+        let limits = self.settings.limits;
+        if in_workload >= limits.pods_per_workload {
+            return Err(Rejection::Limit {
+                what: "pods in the workload",
+                reason: "pods_per_workload",
+                limit: limits.pods_per_workload,
+                flag: "--max-pods-per-workload",
+            });
+        }
+        self.pod_count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limits.pods).then_some(n + 1)
+            })
+            .map(|_| ())
+            .map_err(|_| Rejection::Limit {
+                what: "pods",
+                reason: "pods",
+                limit: limits.pods,
+                flag: "--max-pods",
+            })
+    }
+
+    fn claimable(&self, pod: &PodIdentity, key: &WorkloadKey) -> Result<(), Rejection> {
+        match lock(&self.pods).get(&(pod.namespace.clone(), pod.pod.clone())) {
+            Some(c) if c.workload != *key && c.stream.is_some() => Err(Rejection::TwoWorkloads {
+                first: c.workload.to_string(),
                 second: key.to_string(),
             }),
-            Some(_) => Ok(()),
+            _ => Ok(()),
+        }
+    }
+
+    /// A pod belongs to one workload while the stream that claimed it is open (and, for reports
+    /// without a stream, until it expires).
+    fn claim(
+        &self,
+        pod: &PodIdentity,
+        key: &WorkloadKey,
+        stream: Option<&Stream<'_>>,
+    ) -> Result<(), Rejection> {
+        let id = stream.map_or(NO_STREAM, |s| s.id);
+        let name = (pod.namespace.clone(), pod.pod.clone());
+        let mut pods = lock(&self.pods);
+        match pods.get_mut(&name) {
+            Some(c) if c.workload != *key && c.stream.is_some() => Err(Rejection::TwoWorkloads {
+                first: c.workload.to_string(),
+                second: key.to_string(),
+            }),
+            Some(c) if c.workload == *key && c.stream == Some(id) => Ok(()),
+            Some(c) => {
+                c.workload = key.clone();
+                c.stream = Some(id);
+                drop(pods);
+                if let Some(s) = stream {
+                    lock(&s.claimed).push(name);
+                }
+                Ok(())
+            }
             None => {
-                pods.insert((pod.namespace.clone(), pod.pod.clone()), key.clone());
+                pods.insert(
+                    name.clone(),
+                    Claim {
+                        workload: key.clone(),
+                        stream: Some(id),
+                    },
+                );
+                drop(pods);
+                if let Some(s) = stream {
+                    lock(&s.claimed).push(name);
+                }
                 Ok(())
             }
         }
@@ -469,8 +680,13 @@ impl Registry {
     /// Drops members that missed [`MISSED_INTERVALS`] intervals, and workloads left with nothing to
     /// say (no member, no request within the longest window). Returns how many pods were dropped.
     pub fn sweep(&self, now_ms: i64) -> usize {
-        let stale =
-            |m: &Member| now_ms - m.seen_ms > MISSED_INTERVALS * i64::from(m.interval_ms).max(1000);
+        // A reporter's own interval, counted at most --max-report-interval: a reporter that claims
+        // a 49-day interval does not make itself immortal.
+        let max_interval = self.settings.max_report_interval_ms.max(1000);
+        let stale = |m: &Member| {
+            now_ms - m.seen_ms
+                > MISSED_INTERVALS * i64::from(m.interval_ms).clamp(1000, max_interval)
+        };
         let mut dropped_pods = Vec::new();
         let mut empty = Vec::new();
         for (key, workload) in read(&self.workloads).iter() {
@@ -479,7 +695,7 @@ impl Registry {
             w.pods.retain(|name, m| {
                 let keep = !stale(m);
                 if !keep {
-                    dropped_pods.push((key.namespace.clone(), name.clone()));
+                    dropped_pods.push(((key.namespace.clone(), name.clone()), key.clone()));
                 }
                 keep
             });
@@ -496,15 +712,28 @@ impl Registry {
             }
         }
         if !dropped_pods.is_empty() {
+            self.pod_count
+                .fetch_sub(dropped_pods.len(), Ordering::Relaxed);
             let mut pods = lock(&self.pods);
-            for p in &dropped_pods {
-                pods.remove(p);
+            for (p, key) in &dropped_pods {
+                // Unless another workload has claimed the name since.
+                if pods.get(p).is_some_and(|c| c.workload == *key) {
+                    pods.remove(p);
+                }
             }
         }
         if !empty.is_empty() {
             let mut workloads = write(&self.workloads);
+            let mut namespaces = lock(&self.namespaces);
             for key in empty {
-                workloads.remove(&key);
+                if workloads.remove(&key).is_some() {
+                    if let Some(n) = namespaces.get_mut(&key.namespace) {
+                        *n -= 1;
+                        if *n == 0 {
+                            namespaces.remove(&key.namespace);
+                        }
+                    }
+                }
             }
         }
         dropped_pods.len()
@@ -580,8 +809,12 @@ impl Registry {
     }
 
     /// Wakes whoever waits on a change of the workload's "something in flight or held".
+    /// At the limits on workloads, a watch that never changes: the watcher then polls.
     pub fn watch_busy(&self, key: &WorkloadKey) -> watch::Receiver<bool> {
-        lock(&self.workload(key)).busy.subscribe()
+        match self.workload(key) {
+            Ok(w) => lock(&w).busy.subscribe(),
+            Err(_) => watch::channel(false).1,
+        }
     }
 
     pub fn census(&self) -> Census {
@@ -608,6 +841,7 @@ impl Registry {
     ) -> Option<Traffic> {
         let key = lock(&self.pods)
             .get(&(namespace.to_owned(), pod.to_owned()))?
+            .workload
             .clone();
         let workload = self.existing(&key)?;
         let w = lock(&workload);
@@ -735,6 +969,7 @@ mod tests {
             max_report_interval_ms: 10_000,
             started_ms,
             warm_up_ms: 15_000,
+            limits: Limits::default(),
         })
     }
 
@@ -1098,6 +1333,146 @@ mod tests {
                 assert!(close(v, 3.0), "{s}: {v}");
             }
         }
+    }
+
+    fn report_in(namespace: &str, pod_name: &str, kind: &str, name: &str) -> ReportRequest {
+        let mut r = report(pod_name, "deployment/x", T0, 1.0, 1, 1);
+        let p = pod(&mut r);
+        let id = p.pod.as_mut().unwrap();
+        id.namespace = namespace.into();
+        id.workload = Some(WorkloadRef {
+            namespace: namespace.into(),
+            kind: kind.into(),
+            name: name.into(),
+        });
+        r
+    }
+
+    #[test]
+    fn names_must_be_kubernetes_names() {
+        let r = registry(T0 - 3_600_000);
+        let now = T0 + 1000;
+        let long = "a".repeat(254);
+        let label_64 = "a".repeat(64);
+        for (ns, pod, kind, name) in [
+            ("Shop", "web-1", "deployment", "web"),
+            (label_64.as_str(), "web-1", "deployment", "web"),
+            ("shop", "web_1", "deployment", "web"),
+            ("shop", long.as_str(), "deployment", "web"),
+            ("shop", "-web", "deployment", "web"),
+            ("shop", "web-1", "deploy ment", "web"),
+            ("shop", "web-1", "deployment", "web/x"),
+            ("shop", "web-1", "deployment", long.as_str()),
+            ("shop", "web-1", "deployment", "Web"),
+        ] {
+            let e = r.apply(&report_in(ns, pod, kind, name), now).unwrap_err();
+            assert_eq!(e.reason(), "bad_name", "{ns} {pod} {kind} {name}: {e}");
+            assert!(
+                e.to_string().len() < 400,
+                "the message quotes at most a name"
+            );
+        }
+        let mut ip = report("web-1", "deployment/web", T0, 1.0, 1, 1);
+        pod(&mut ip).pod.as_mut().unwrap().pod_ip = "1".repeat(46);
+        assert_eq!(r.apply(&ip, now).unwrap_err().reason(), "bad_name");
+        // Real names pass: a subdomain pod name, an upper-case kind (lower-cased).
+        r.apply(
+            &report_in("shop", "web-7d4b9.x", "Deployment", "web.v2"),
+            now,
+        )
+        .unwrap();
+        assert_eq!(r.census().pods, 1);
+    }
+
+    #[test]
+    fn limits_on_pods_and_workloads_refuse_by_reason() {
+        let r = Registry::new(Settings {
+            limits: Limits {
+                pods_per_workload: 2,
+                workloads_per_namespace: 2,
+                workloads: 3,
+                pods: 4,
+            },
+            ..registry(T0 - 3_600_000).settings()
+        });
+        let now = T0 + 1000;
+        let ok =
+            |ns: &str, pod: &str, name: &str| r.apply(&report_in(ns, pod, "deployment", name), now);
+        ok("a", "p1", "w1").unwrap();
+        ok("a", "p2", "w1").unwrap();
+        assert_eq!(
+            ok("a", "p3", "w1").unwrap_err().reason(),
+            "pods_per_workload"
+        );
+        // A pod already tracked goes on reporting.
+        ok("a", "p1", "w1").unwrap();
+        ok("a", "p4", "w2").unwrap();
+        let e = ok("a", "p5", "w3").unwrap_err();
+        assert_eq!(e.reason(), "workloads_per_namespace");
+        assert!(e.is_limit());
+        ok("b", "p6", "w1").unwrap();
+        assert_eq!(ok("c", "p7", "w1").unwrap_err().reason(), "workloads");
+        assert_eq!(ok("b", "p8", "w1").unwrap_err().reason(), "pods");
+        assert_eq!(
+            r.census(),
+            Census {
+                workloads: 3,
+                pods: 4,
+                activators: 0
+            }
+        );
+        // Expired pods and emptied workloads (quiet for the longest window) make room again.
+        let later = now + 700_000;
+        assert_eq!(r.sweep(later), 4);
+        assert_eq!(r.census(), Census::default());
+        r.apply(&report_in("c", "p7", "deployment", "w1"), later)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_reporter_cannot_make_itself_immortal_with_a_long_interval() {
+        let r = registry(T0 - 3_600_000);
+        let now = T0 + 1_000_000_000;
+        let huge = u32::MAX;
+        r.apply(
+            &with_length(
+                report("web-1", "deployment/web", now - i64::from(huge), 1.0, 0, 0),
+                huge,
+            ),
+            now,
+        )
+        .unwrap();
+        assert_eq!(r.sweep(now + 29_000), 0);
+        // Three intervals counted at most --max-report-interval (10 s).
+        assert_eq!(r.sweep(now + 31_000), 1);
+    }
+
+    #[test]
+    fn a_name_squatted_by_a_stream_is_free_when_the_stream_ends() {
+        let r = registry(T0 - 3_600_000);
+        let now = T0 + 1000;
+        let squatter = r.stream();
+        squatter
+            .apply(&report_in("shop", "db-0", "deployment", "fake"), now)
+            .unwrap();
+        let real = r.stream();
+        let db = report_in("shop", "db-0", "statefulset", "db");
+        assert_eq!(real.apply(&db, now).unwrap_err().reason(), "two_workloads");
+        drop(squatter);
+        real.apply(&db, now).unwrap();
+        assert_eq!(
+            r.pods(&WorkloadKey::new("shop", "statefulset", "db")),
+            vec!["db-0"]
+        );
+        // Now the real pod's stream holds it.
+        let other = r.stream();
+        assert_eq!(
+            other
+                .apply(&report_in("shop", "db-0", "deployment", "fake"), now)
+                .unwrap_err()
+                .reason(),
+            "two_workloads"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What makes a report contradict itself. A rejected report changes nothing; its reason is a
 //! stable label for `/metrics` and a sentence for the gRPC status.
 
-use inflight_proto::v1::{HeldReport, HeldWorkload, Interval, PodIdentity, PodReport};
+use inflight_proto::v1::{HeldReport, HeldWorkload, Interval, PodIdentity, PodReport, WorkloadRef};
 use inflight_proto::LATENCY_BOUNDS_SECONDS;
 
 use crate::registry::WorkloadKey;
@@ -58,6 +58,19 @@ pub enum Rejection {
     BadLatencySum(f64),
     #[error("pod already reports for workload {first}; it now claims {second}")]
     TwoWorkloads { first: String, second: String },
+    #[error("{what} {name:?} is not a Kubernetes name ({rule})")]
+    BadName {
+        what: &'static str,
+        name: String,
+        rule: &'static str,
+    },
+    #[error("too many {what}: {limit} at most ({flag})")]
+    Limit {
+        what: &'static str,
+        reason: &'static str,
+        limit: usize,
+        flag: &'static str,
+    },
 }
 
 impl Rejection {
@@ -78,8 +91,79 @@ impl Rejection {
             Self::BadHistogram { .. } => "bad_histogram",
             Self::BadLatencySum(_) => "bad_latency_sum",
             Self::TwoWorkloads { .. } => "two_workloads",
+            Self::BadName { .. } => "bad_name",
+            Self::Limit { reason, .. } => reason,
         }
     }
+
+    /// A limit of this aggregator was reached, rather than the report contradicting itself.
+    pub fn is_limit(&self) -> bool {
+        matches!(self, Self::Limit { .. })
+    }
+}
+
+/// A DNS-1123 label (namespaces, kinds): at most 63 lower-case letters, digits and `-`, starting
+/// and ending with a letter or digit.
+const LABEL: &str = "DNS-1123 label: at most 63 of a-z, 0-9 and '-', alphanumeric at both ends";
+/// A DNS-1123 subdomain (pod and workload names): at most 253, labels joined with `.`.
+const SUBDOMAIN: &str =
+    "DNS-1123 subdomain: at most 253 of a-z, 0-9, '-' and '.', alphanumeric at both ends";
+
+/// A name as it goes into a log line and a gRPC status: never more of it than a real name holds.
+fn short(s: &str) -> String {
+    s.chars().take(253).collect()
+}
+
+fn is_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+fn is_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_label)
+}
+
+fn name(what: &'static str, s: &str, subdomain: bool) -> Result<(), Rejection> {
+    let (ok, rule) = if subdomain {
+        (is_subdomain(s), SUBDOMAIN)
+    } else {
+        (is_label(s), LABEL)
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(Rejection::BadName {
+        what,
+        name: short(s),
+        rule,
+    })
+}
+
+/// A pod identity's names, and the IP, which is at most an IPv6 address long.
+fn pod_names(id: &PodIdentity) -> Result<(), Rejection> {
+    name("namespace", &id.namespace, false)?;
+    name("pod", &id.pod, true)?;
+    if id.pod_ip.len() > 45 {
+        return Err(Rejection::BadName {
+            what: "pod_ip",
+            name: id.pod_ip.chars().take(45).collect(),
+            rule: "an IP address",
+        });
+    }
+    Ok(())
+}
+
+fn workload_names(w: &WorkloadRef) -> Result<(), Rejection> {
+    if !w.namespace.is_empty() {
+        name("workload namespace", &w.namespace, false)?;
+    }
+    name("workload kind", &w.kind.to_ascii_lowercase(), false)?;
+    name("workload name", &w.name, true)
 }
 
 fn identity(id: Option<&PodIdentity>) -> Result<(&PodIdentity, WorkloadKey), Rejection> {
@@ -88,8 +172,14 @@ fn identity(id: Option<&PodIdentity>) -> Result<(&PodIdentity, WorkloadKey), Rej
         .ok_or(Rejection::MissingIdentity)?;
     let w = id.workload.as_ref().ok_or(Rejection::MissingWorkload)?;
     if w.kind.is_empty() || w.name.is_empty() {
-        return Err(Rejection::BadWorkload(format!("{}/{}", w.kind, w.name)));
+        return Err(Rejection::BadWorkload(format!(
+            "{}/{}",
+            short(&w.kind),
+            short(&w.name)
+        )));
     }
+    pod_names(id)?;
+    workload_names(w)?;
     if !w.namespace.is_empty() && w.namespace != id.namespace {
         return Err(Rejection::WorkloadNamespace {
             pod: id.namespace.clone(),
@@ -195,6 +285,7 @@ pub fn held_report(r: &HeldReport, now_ms: i64) -> Result<Held<'_>, Rejection> {
         .as_ref()
         .filter(|i| !i.namespace.is_empty() && !i.pod.is_empty())
         .ok_or(Rejection::MissingIdentity)?;
+    pod_names(id)?;
     let interval = interval(r.interval.as_ref(), now_ms)?;
     let mut workloads = Vec::with_capacity(r.workloads.len());
     for h in &r.workloads {
@@ -202,9 +293,12 @@ pub fn held_report(r: &HeldReport, now_ms: i64) -> Result<Held<'_>, Rejection> {
         if w.namespace.is_empty() || w.kind.is_empty() || w.name.is_empty() {
             return Err(Rejection::BadWorkload(format!(
                 "{}/{}/{}",
-                w.namespace, w.kind, w.name
+                short(&w.namespace),
+                short(&w.kind),
+                short(&w.name)
             )));
         }
+        workload_names(w)?;
         concurrency(h.avg_held)?;
         concurrency(f64::from(h.held))?;
         count("arrived", h.arrived, &interval)?;
