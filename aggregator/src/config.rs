@@ -124,6 +124,29 @@ impl Config {
         {
             return Err("--max-push-streams, --smi-max-connections and --grpc-max-concurrent-streams must be above 0".into());
         }
+        let second = Duration::from_secs(1);
+        for (flag, d) in [
+            ("--max-window", self.max_window),
+            ("--stable-window", self.stable_window),
+            ("--max-report-interval", self.max_report_interval),
+        ] {
+            if d < second {
+                return Err(format!("{flag} {d:?} must be at least 1s"));
+            }
+        }
+        for (flag, n) in [
+            ("--max-pods-per-workload", self.max_pods_per_workload),
+            (
+                "--max-workloads-per-namespace",
+                self.max_workloads_per_namespace,
+            ),
+            ("--max-workloads", self.max_workloads),
+            ("--max-pods", self.max_pods),
+        ] {
+            if n == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
         if self.burst_window.is_zero() || self.burst_window > self.stable_window {
             return Err(format!(
                 "--burst-window {:?} must be above 0 and at most --stable-window {:?}",
@@ -137,5 +160,40 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("inflight-aggregator").chain(args.iter().copied()))
+            .unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        config(&[]).validate().unwrap();
+    }
+
+    #[test]
+    fn windows_under_a_second_are_refused() {
+        for args in [
+            &[
+                "--max-window",
+                "500ms",
+                "--stable-window",
+                "400ms",
+                "--burst-window",
+                "100ms",
+            ][..],
+            &["--stable-window", "500ms", "--burst-window", "100ms"],
+            &["--max-report-interval", "10ms"],
+            &["--max-pods", "0"],
+        ] {
+            let e = config(args).validate().unwrap_err();
+            assert!(e.contains(args[0]), "{args:?}: {e}");
+        }
     }
 }

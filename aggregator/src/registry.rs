@@ -106,6 +106,11 @@ pub enum Metric {
     RequestRate,
 }
 
+/// Whole seconds of a length in ms, rounded up.
+fn seconds(ms: i64) -> u32 {
+    u32::try_from(ms.max(0).saturating_add(999).div_euclid(1000)).unwrap_or(u32::MAX)
+}
+
 /// A pod missing this many of its report intervals is dropped.
 pub const MISSED_INTERVALS: i64 = 3;
 
@@ -240,16 +245,18 @@ impl Workload {
         if span <= 0.0 {
             return v;
         }
-        for m in self
-            .pods
-            .values()
-            .chain(self.activators.values())
-            .filter(|m| m.until_ms < end_ms)
-        {
+        let late = |m: &Member| {
             #[allow(clippy::cast_precision_loss)]
             let late = (end_ms - m.until_ms.max(start)) as f64;
-            v.concurrency += m.last_concurrency * late / span;
-            v.request_rate += m.last_requests_per_ms * 1000.0 * late / span;
+            late / span
+        };
+        for m in self.pods.values().filter(|m| m.until_ms < end_ms) {
+            v.concurrency += m.last_concurrency * late(m);
+            v.request_rate += m.last_requests_per_ms * 1000.0 * late(m);
+        }
+        for m in self.activators.values().filter(|m| m.until_ms < end_ms) {
+            v.concurrency += m.last_concurrency * late(m);
+            v.arrival_rate += m.last_requests_per_ms * 1000.0 * late(m);
         }
         for (m, o) in self
             .pods
@@ -268,6 +275,17 @@ impl Workload {
             }
         }
         v
+    }
+
+    /// Nothing to say: no member, no request within the longest window, nobody watching.
+    fn idle(&self, now_ms: i64, max_window_ms: i64) -> bool {
+        let quiet = self
+            .last_request_ms
+            .is_none_or(|t| now_ms - t > max_window_ms);
+        self.pods.is_empty()
+            && self.activators.is_empty()
+            && quiet
+            && self.busy.receiver_count() == 0
     }
 
     fn burst(&mut self, window_ms: i64) -> &mut Burst {
@@ -315,7 +333,16 @@ pub struct Registry {
     pods: Mutex<HashMap<(String, String), Claim>>,
     /// Pods tracked, over all workloads.
     pod_count: AtomicUsize,
+    /// Activator (`namespace/pod`) → the workloads its latest report listed: a report is its
+    /// complete set, so a workload it no longer lists holds nothing there.
+    held_sets: Mutex<HashMap<String, HeldSet>>,
     next_stream: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct HeldSet {
+    workloads: Vec<WorkloadKey>,
+    seen_ms: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -363,7 +390,8 @@ impl Drop for Stream<'_> {
 impl Registry {
     pub fn new(settings: Settings) -> Self {
         // A ring starts as long as the stable window and grows when a trigger asks for more.
-        let ring_seconds = u32::try_from(settings.stable_ms.div_euclid(1000)).unwrap_or(u32::MAX);
+        // Whole seconds, rounded up: a 1.5 s window reads parts of 2 seconds.
+        let ring_seconds = seconds(settings.stable_ms);
         Self {
             settings,
             ring_seconds,
@@ -371,6 +399,7 @@ impl Registry {
             namespaces: Mutex::default(),
             pods: Mutex::default(),
             pod_count: AtomicUsize::new(0),
+            held_sets: Mutex::default(),
             next_stream: AtomicU64::new(NO_STREAM + 1),
         }
     }
@@ -484,6 +513,7 @@ impl Registry {
                 concurrency: report.avg_concurrency,
                 held: 0.0,
                 requests,
+                arrived: 0.0,
             },
             now_ms,
         );
@@ -551,6 +581,17 @@ impl Registry {
             .map(|(key, _)| self.workload(key))
             .collect::<Result<Vec<_>, _>>()?;
         let name = format!("{}/{}", activator.namespace, activator.pod);
+        {
+            let sets = lock(&self.held_sets);
+            if !sets.contains_key(&name) && sets.len() >= self.settings.limits.pods {
+                return Err(Rejection::Limit {
+                    what: "activators",
+                    reason: "pods",
+                    limit: self.settings.limits.pods,
+                    flag: "--max-pods",
+                });
+            }
+        }
         for workload in &handles {
             let w = lock(workload);
             if !w.activators.contains_key(&name)
@@ -568,14 +609,16 @@ impl Registry {
             let mut w = lock(workload);
             #[allow(clippy::cast_precision_loss)]
             let arrived = held.arrived as f64;
-            // Requests that arrived at the activator count as requests for the workload's rate.
+            // Requests that arrived at the activator count for the workload's rate, apart from the
+            // pods' (see `WindowValue::requests_per_second`).
             w.ring.add(
                 Sample {
                     start_ms: interval.start_unix_ms,
                     length_ms: interval.length_ms,
                     concurrency: 0.0,
                     held: held.avg_held,
-                    requests: arrived,
+                    requests: 0.0,
+                    arrived,
                 },
                 now_ms,
             );
@@ -596,6 +639,27 @@ impl Registry {
                 },
             );
             w.refresh_busy();
+        }
+        let listed: Vec<WorkloadKey> = workloads.into_iter().map(|(k, _)| k).collect();
+        let before = lock(&self.held_sets).insert(
+            name.clone(),
+            HeldSet {
+                workloads: listed.clone(),
+                seen_ms: now_ms,
+            },
+        );
+        let listed: std::collections::HashSet<&WorkloadKey> = listed.iter().collect();
+        for key in before
+            .map(|b| b.workloads)
+            .unwrap_or_default()
+            .iter()
+            .filter(|k| !listed.contains(k))
+        {
+            if let Some(workload) = self.existing(key) {
+                let mut w = lock(&workload);
+                w.activators.remove(&name);
+                w.refresh_busy();
+            }
         }
         Ok(())
     }
@@ -691,7 +755,7 @@ impl Registry {
         let mut empty = Vec::new();
         for (key, workload) in read(&self.workloads).iter() {
             let mut w = lock(workload);
-            let before = w.pods.len();
+            let before = (w.pods.len(), w.activators.len());
             w.pods.retain(|name, m| {
                 let keep = !stale(m);
                 if !keep {
@@ -700,17 +764,14 @@ impl Registry {
                 keep
             });
             w.activators.retain(|_, m| !stale(m));
-            if w.pods.len() != before {
+            if (w.pods.len(), w.activators.len()) != before {
                 w.refresh_busy();
             }
-            let quiet = w
-                .last_request_ms
-                .is_none_or(|t| now_ms - t > self.settings.max_window_ms);
-            if w.pods.is_empty() && w.activators.is_empty() && quiet && w.busy.receiver_count() == 0
-            {
+            if w.idle(now_ms, self.settings.max_window_ms) {
                 empty.push(key.clone());
             }
         }
+        lock(&self.held_sets).retain(|_, h| now_ms - h.seen_ms <= MISSED_INTERVALS * max_interval);
         if !dropped_pods.is_empty() {
             self.pod_count
                 .fetch_sub(dropped_pods.len(), Ordering::Relaxed);
@@ -726,7 +787,11 @@ impl Registry {
             let mut workloads = write(&self.workloads);
             let mut namespaces = lock(&self.namespaces);
             for key in empty {
-                if workloads.remove(&key).is_some() {
+                // Decided under the read lock: a report may have come in since.
+                let still_idle = workloads
+                    .get(&key)
+                    .is_some_and(|w| lock(w).idle(now_ms, self.settings.max_window_ms));
+                if still_idle && workloads.remove(&key).is_some() {
                     if let Some(n) = namespaces.get_mut(&key.namespace) {
                         *n -= 1;
                         if *n == 0 {
@@ -760,8 +825,9 @@ impl Registry {
             return Ok(0.0);
         };
         let mut w = lock(&workload);
-        let window_ms = window_ms.clamp(1000, self.settings.max_window_ms);
-        let seconds = u32::try_from(window_ms.div_euclid(1000)).unwrap_or(u32::MAX);
+        // Never `clamp`: it panics when the bounds cross.
+        let window_ms = window_ms.min(self.settings.max_window_ms).max(1000);
+        let seconds = seconds(window_ms);
         if seconds > w.ring.capacity() {
             // The older seconds of the longer window were never kept: until they pass, average
             // over what the ring held.
@@ -783,7 +849,7 @@ impl Registry {
             * 1000;
         let stable = w.window(end, window_ms, since);
         Ok(match metric {
-            Metric::RequestRate => stable.request_rate,
+            Metric::RequestRate => stable.requests_per_second(),
             Metric::Concurrency => {
                 let burst = w.window(end, self.settings.burst_ms, since);
                 w.burst(window_ms)
@@ -1473,6 +1539,120 @@ mod tests {
                 .reason(),
             "two_workloads"
         );
+    }
+
+    fn held(start_ms: i64, workloads: &[(&str, u32, f64, u64)]) -> ReportRequest {
+        use inflight_proto::v1::{HeldReport, HeldWorkload};
+        ReportRequest {
+            report: Some(report_request::Report::Held(HeldReport {
+                activator: Some(PodIdentity {
+                    namespace: "inflight".into(),
+                    pod: "activator-1".into(),
+                    ..PodIdentity::default()
+                }),
+                interval: Some(Interval {
+                    start_unix_ms: start_ms,
+                    length_ms: 1000,
+                }),
+                workloads: workloads
+                    .iter()
+                    .map(|(name, held, avg_held, arrived)| HeldWorkload {
+                        workload: Some(WorkloadRef {
+                            namespace: "shop".into(),
+                            kind: "deployment".into(),
+                            name: (*name).into(),
+                        }),
+                        held: *held,
+                        avg_held: *avg_held,
+                        arrived: *arrived,
+                    })
+                    .collect(),
+            })),
+        }
+    }
+
+    #[test]
+    fn a_workload_is_no_longer_busy_when_its_activator_expires_or_omits_it() {
+        let r = registry(T0 - 3_600_000);
+        let api = WorkloadKey::new("shop", "deployment", "api");
+        let web_busy = r.watch_busy(&web());
+        let api_busy = r.watch_busy(&api);
+        r.apply(
+            &held(T0, &[("web", 2, 2.0, 2), ("api", 1, 1.0, 1)]),
+            T0 + 1000,
+        )
+        .unwrap();
+        assert!(*web_busy.borrow() && *api_busy.borrow());
+        // The next report omits api: it holds nothing there any more.
+        r.apply(&held(T0 + 1000, &[("web", 2, 2.0, 0)]), T0 + 2000)
+            .unwrap();
+        assert!(*web_busy.borrow());
+        assert!(!*api_busy.borrow(), "an omitted workload holds 0");
+        // The activator stops reporting: once it expires, web is not busy either.
+        assert_eq!(r.sweep(T0 + 6000), 0);
+        assert!(
+            !*web_busy.borrow(),
+            "busy recomputed when an activator expires"
+        );
+        assert_eq!(r.census().activators, 0);
+    }
+
+    #[test]
+    fn requests_held_then_served_are_counted_once() {
+        let r = registry(T0 - 3_600_000);
+        // 10 requests arrive at the activator in one second and are forwarded to web-1, whose
+        // sidecar counts the same 10.
+        r.apply(&held(T0, &[("web", 0, 0.5, 10)]), T0 + 1000)
+            .unwrap();
+        r.apply(
+            &report("web-1", "deployment/web", T0, 0.5, 0, 10),
+            T0 + 1000,
+        )
+        .unwrap();
+        let rate = r
+            .value(&web(), Metric::RequestRate, 10_000, T0 + 1000)
+            .unwrap();
+        assert!(close(rate, 1.0), "10 requests over 10 s, not 20: {rate}");
+        // While no pod serves, the activator's arrivals are the rate.
+        let api = WorkloadKey::new("shop", "deployment", "api");
+        r.apply(&held(T0 + 1000, &[("api", 5, 5.0, 5)]), T0 + 2000)
+            .unwrap();
+        let rate = r
+            .value(&api, Metric::RequestRate, 10_000, T0 + 2000)
+            .unwrap();
+        assert!(close(rate, 0.5), "{rate}");
+    }
+
+    #[test]
+    fn a_fractional_window_and_a_max_window_under_a_second() {
+        let r = Registry::new(Settings {
+            stable_ms: 2500,
+            burst_ms: 1000,
+            max_window_ms: 2500,
+            ..registry(T0 - 3_600_000).settings()
+        });
+        for s in 0..10 {
+            let at = T0 + s * 1000;
+            r.apply(&report("web-1", "deployment/web", at, 2.0, 2, 2), at + 1000)
+                .unwrap();
+        }
+        // The latest report ended 1.9 s ago: the window reads seconds 3 to 5.5 s back.
+        let now = T0 + 11_900;
+        let v = r.value(&web(), Metric::Concurrency, 2500, now).unwrap();
+        assert!(close(v, 2.0), "{v}");
+        // A max window under a second makes no call panic.
+        let r = Registry::new(Settings {
+            stable_ms: 500,
+            burst_ms: 100,
+            max_window_ms: 500,
+            ..registry(T0 - 3_600_000).settings()
+        });
+        r.apply(&report("web-1", "deployment/web", T0, 2.0, 2, 2), T0 + 1000)
+            .unwrap();
+        let v = r
+            .value(&web(), Metric::Concurrency, 60_000, T0 + 1000)
+            .unwrap();
+        assert!(close(v, 2.0), "{v}");
     }
 
     #[test]

@@ -19,8 +19,12 @@ struct Bucket {
     concurrency_ms: f64,
     /// Requests held by activators × milliseconds.
     held_ms: f64,
-    /// Requests finished (fractional: an interval's requests are spread like its concurrency).
+    /// Requests that started at the pods (fractional: an interval's requests are spread like its
+    /// concurrency).
     requests: f64,
+    /// Requests that arrived at activators: the same requests again once forwarded to a pod, so
+    /// kept apart rather than added.
+    arrived: f64,
 }
 
 /// What a window holds, averaged over the part of it that was observed.
@@ -28,8 +32,19 @@ struct Bucket {
 pub struct WindowValue {
     /// Average concurrency (pods) plus average held requests (activators).
     pub concurrency: f64,
-    /// Requests per second.
+    /// Requests per second started at the pods.
     pub request_rate: f64,
+    /// Requests per second that arrived at activators.
+    pub arrival_rate: f64,
+}
+
+impl WindowValue {
+    /// The workload's request rate. A request the activator held is counted again by the pod's
+    /// sidecar once forwarded, so the two are not added: the larger is the rate (the activator's
+    /// while no pod serves, the pods' once they do).
+    pub fn requests_per_second(&self) -> f64 {
+        self.request_rate.max(self.arrival_rate)
+    }
 }
 
 /// A ring of per-second buckets long enough for the longest window asked of it.
@@ -46,6 +61,7 @@ pub struct Sample {
     pub concurrency: f64,
     pub held: f64,
     pub requests: f64,
+    pub arrived: f64,
 }
 
 impl Ring {
@@ -96,6 +112,12 @@ impl Ring {
         slot
     }
 
+    /// Whether `second`'s slot was taken by a newer second.
+    fn lost(&self, second: i64) -> bool {
+        usize::try_from(second.rem_euclid(self.seconds_held()))
+            .is_ok_and(|i| self.slots[i].second > second)
+    }
+
     fn get(&self, second: i64) -> Option<&Bucket> {
         let i = usize::try_from(second.rem_euclid(self.seconds_held())).ok()?;
         let slot = &self.slots[i];
@@ -129,6 +151,7 @@ impl Ring {
             b.concurrency_ms += sample.concurrency * overlap;
             b.held_ms += sample.held * overlap;
             b.requests += sample.requests * fraction;
+            b.arrived += sample.arrived * fraction;
             at = next;
         }
     }
@@ -138,23 +161,36 @@ impl Ring {
     /// time before it started as zero). Seconds at the edges count in proportion.
     pub fn window(&self, end_ms: i64, window_ms: i64, observed_since_ms: i64) -> WindowValue {
         let start_ms = (end_ms - window_ms).max(observed_since_ms);
-        let span_ms = end_ms - start_ms;
+        let mut span_ms = end_ms - start_ms;
         if span_ms <= 0 {
             return WindowValue::default();
         }
-        let (mut conc_ms, mut requests) = (0.0, 0.0);
+        let (mut conc_ms, mut requests, mut arrived) = (0.0, 0.0, 0.0);
         for second in start_ms.div_euclid(1000)..=(end_ms - 1).div_euclid(1000) {
-            let Some(b) = self.get(second) else { continue };
             let from = (second * 1000).max(start_ms);
             let to = ((second + 1) * 1000).min(end_ms);
+            let Some(b) = self.get(second) else {
+                if self.lost(second) {
+                    // Its slot holds a newer second: unobserved, not zero.
+                    span_ms -= to - from;
+                }
+                continue;
+            };
+            #[allow(clippy::cast_precision_loss)]
             let fraction = (to - from) as f64 / 1000.0;
             conc_ms += (b.concurrency_ms + b.held_ms) * fraction;
             requests += b.requests * fraction;
+            arrived += b.arrived * fraction;
         }
+        if span_ms <= 0 {
+            return WindowValue::default();
+        }
+        #[allow(clippy::cast_precision_loss)]
         let span = span_ms as f64;
         WindowValue {
             concurrency: conc_ms / span,
             request_rate: requests * 1000.0 / span,
+            arrival_rate: arrived * 1000.0 / span,
         }
     }
 }
@@ -209,6 +245,7 @@ mod tests {
             concurrency,
             held: 0.0,
             requests,
+            arrived: 0.0,
         }
     }
 
@@ -266,16 +303,18 @@ mod tests {
     fn old_seconds_do_not_linger_in_reused_slots() {
         let mut ring = Ring::new(5);
         ring.add(sample(0, 1000, 9.0, 9.0), 1000);
-        // Seven seconds later the slot of second 0 is reused by second 7: nothing of 9.0 remains.
+        // Seven seconds later the slot of second 0 is reused by second 7: nothing of 9.0 remains,
+        // and second 0 counts as unobserved, not as zero.
         ring.add(sample(7000, 1000, 1.0, 1.0), 8000);
-        assert!(close(ring.window(8000, 8000, 0).concurrency, 1.0 / 8.0));
+        assert!(close(ring.window(8000, 8000, 0).concurrency, 1.0 / 7.0));
+        assert!(close(ring.window(8000, 7000, 0).concurrency, 1.0 / 7.0));
         // A report older than the ring is dropped rather than written over newer seconds.
         ring.add(sample(1000, 1000, 100.0, 0.0), 8000);
-        assert!(close(ring.window(8000, 8000, 0).concurrency, 1.0 / 8.0));
+        assert!(close(ring.window(8000, 7000, 0).concurrency, 1.0 / 7.0));
         // So is one dated after now: second 12 would take the slot of second 5.
         ring.add(sample(5000, 1000, 3.0, 0.0), 8000);
         ring.add(sample(12_000, 1000, 50.0, 0.0), 8000);
-        assert!(close(ring.window(8000, 8000, 0).concurrency, 4.0 / 8.0));
+        assert!(close(ring.window(8000, 7000, 0).concurrency, 4.0 / 7.0));
     }
 
     #[test]
@@ -288,6 +327,7 @@ mod tests {
                 concurrency: 0.0,
                 held: 2.0,
                 requests: 0.0,
+                arrived: 0.0,
             },
             1000,
         );
