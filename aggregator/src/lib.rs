@@ -1,7 +1,9 @@
 //! inflight's aggregator: the sidecars' and activators' reports in, KEDA's external scaler out.
 //!
-//! - [`window`]: the per-second ring and the windows maths of the design page;
-//! - [`registry`]: every workload's figures, pods and activity;
+//! - [`window`]: the per-second ring and the windows maths of the design page, on [`ring`], the
+//!   one time-ring that the SMI slots of [`traffic`] use too;
+//! - [`registry`]: every workload's figures, pods and activity, by concern ([`workload_key`] names
+//!   a workload);
 //! - [`validate`]: what makes a report contradict itself;
 //! - [`ingest`]: the `Ingest` report streams;
 //! - [`scaler`]: KEDA's `ExternalScaler`, with the trigger metadata it understands;
@@ -25,12 +27,14 @@ pub mod ingest;
 pub mod metrics;
 pub mod otlp;
 pub mod registry;
+pub mod ring;
 pub mod scaler;
 pub mod smi;
 pub mod stopping;
 pub mod traffic;
 pub mod validate;
 pub mod window;
+pub mod workload_key;
 
 pub use config::Config;
 

@@ -5,7 +5,7 @@
 use inflight_proto::v1::PodReport;
 use inflight_proto::LATENCY_BOUNDS_SECONDS;
 
-use crate::validate::MAX_SKEW_MS;
+use crate::ring::TimeRing;
 
 /// Slot length and how many slots a pod keeps (60 s of history plus the slot being filled).
 pub const SLOT_MS: i64 = 10_000;
@@ -14,29 +14,17 @@ const SLOTS: usize = 7;
 pub const MAX_WINDOW_MS: i64 = SLOT_MS * (SLOTS as i64 - 1);
 const BUCKETS: usize = LATENCY_BOUNDS_SECONDS.len() + 1;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Slot {
-    start_ms: i64,
     success: u32,
     failure: u32,
     latency: [u32; BUCKETS],
 }
 
-impl Default for Slot {
-    fn default() -> Self {
-        Self {
-            start_ms: i64::MIN,
-            success: 0,
-            failure: 0,
-            latency: [0; BUCKETS],
-        }
-    }
-}
-
 /// One pod's traffic, allocated when it first serves a request.
 #[derive(Debug, Clone)]
 pub struct PodTraffic {
-    slots: [Slot; SLOTS],
+    slots: TimeRing<Slot>,
 }
 
 /// Totals over a window: successes, failures and the latency histogram.
@@ -125,28 +113,17 @@ pub fn has_traffic(r: &PodReport) -> bool {
 impl PodTraffic {
     pub fn new() -> Self {
         Self {
-            slots: [Slot::default(); SLOTS],
+            slots: TimeRing::new(SLOT_MS, SLOTS),
         }
     }
 
-    /// Adds a (validated) report, in the slot of its interval's end. One that ends later than
-    /// `now_ms` plus [`MAX_SKEW_MS`] is dropped: its slot is that of a kept one.
+    /// Adds a (validated) report, in the slot of its interval's end. One older than the minute
+    /// kept, or later than now plus the allowed skew, is dropped (see [`TimeRing::write`]).
     pub fn add(&mut self, r: &PodReport, end_ms: i64, now_ms: i64) {
-        if end_ms > now_ms.saturating_add(MAX_SKEW_MS) {
+        let n = self.slots.number(end_ms);
+        let Some(slot) = self.slots.write(n, now_ms) else {
             return;
-        }
-        let start = end_ms.div_euclid(SLOT_MS) * SLOT_MS;
-        let i = usize::try_from(start.div_euclid(SLOT_MS).rem_euclid(SLOTS as i64)).unwrap_or(0);
-        let slot = &mut self.slots[i];
-        if slot.start_ms != start {
-            if slot.start_ms > start {
-                return; // older than the minute kept
-            }
-            *slot = Slot {
-                start_ms: start,
-                ..Slot::default()
-            };
-        }
+        };
         let (success, failure) = outcome(r);
         let sat = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
         slot.success = slot.success.saturating_add(sat(success));
@@ -162,8 +139,9 @@ impl PodTraffic {
     pub fn window(&self, now_ms: i64, window_ms: i64) -> Traffic {
         let from = now_ms - window_ms.min(MAX_WINDOW_MS);
         let mut t = Traffic::default();
-        for s in self.slots.iter().filter(|s| {
-            s.start_ms != i64::MIN && s.start_ms + SLOT_MS > from && s.start_ms < now_ms
+        for (_, s) in self.slots.held().filter(|(n, _)| {
+            let start_ms = n.saturating_mul(SLOT_MS);
+            start_ms.saturating_add(SLOT_MS) > from && start_ms < now_ms
         }) {
             t.success = t.success.saturating_add(u64::from(s.success));
             t.failure = t.failure.saturating_add(u64::from(s.failure));

@@ -4,7 +4,7 @@
 use inflight_proto::v1::{HeldReport, HeldWorkload, Interval, PodIdentity, PodReport, WorkloadRef};
 use inflight_proto::LATENCY_BOUNDS_SECONDS;
 
-use crate::registry::WorkloadKey;
+use crate::workload_key::WorkloadKey;
 
 /// How far in the future an interval may end, in ms: a report is sent when its interval ends, so
 /// anything later is a reporter's clock running fast. Stored, it would take the slot of an older

@@ -8,13 +8,12 @@
 //! window and dividing by the window's length gives the sum over pods of their time-weighted
 //! average concurrency in that window: exactly the signal, not a sample of it.
 
+use crate::ring::{Read, TimeRing};
 use crate::validate::MAX_SKEW_MS;
 
 /// One second of one workload.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Bucket {
-    /// Unix second this bucket holds; a slot whose second is not the one asked for is empty.
-    second: i64,
     /// Requests in flight × milliseconds, summed over pods.
     concurrency_ms: f64,
     /// Requests held by activators × milliseconds.
@@ -50,7 +49,7 @@ impl WindowValue {
 /// A ring of per-second buckets long enough for the longest window asked of it.
 #[derive(Debug, Clone)]
 pub struct Ring {
-    slots: Box<[Bucket]>,
+    slots: TimeRing<Bucket>,
 }
 
 /// A contribution to the ring: what one report says about one interval.
@@ -64,64 +63,33 @@ pub struct Sample {
     pub arrived: f64,
 }
 
+/// Slots beyond the seconds of history: the second being filled, and one a window may end
+/// behind it.
+const SPARE: usize = 2;
+
 impl Ring {
-    /// A ring holding `seconds` seconds (plus one, for the second being filled).
+    /// A ring holding `seconds` seconds of history.
     pub fn new(seconds: u32) -> Self {
-        let len = usize::try_from(seconds).unwrap_or(usize::MAX / 2).max(1) + 2;
+        let len = usize::try_from(seconds).unwrap_or(usize::MAX / 2).max(1) + SPARE;
         Self {
-            slots: vec![Bucket::default(); len].into_boxed_slice(),
+            slots: TimeRing::new(1000, len),
         }
     }
 
     /// How many whole seconds of history it keeps.
     pub fn capacity(&self) -> u32 {
-        u32::try_from(self.slots.len().saturating_sub(2)).unwrap_or(u32::MAX)
+        u32::try_from(self.slots.slots().saturating_sub(SPARE)).unwrap_or(u32::MAX)
     }
 
     /// Grows the ring to hold `seconds`, keeping what it has. Workloads start with the stable
     /// window's length and grow only when a trigger asks for a longer window: most never do, and a
-    /// second of history costs 32 bytes per workload.
+    /// second of history costs 40 bytes per workload.
     pub fn grow(&mut self, seconds: u32) {
         if seconds <= self.capacity() {
             return;
         }
-        let mut bigger = Ring::new(seconds);
-        for b in self
-            .slots
-            .iter()
-            .filter(|b| b.second != 0 || b.concurrency_ms != 0.0 || b.requests != 0.0)
-        {
-            *bigger.slot(b.second) = *b;
-        }
-        *self = bigger;
-    }
-
-    fn seconds_held(&self) -> i64 {
-        i64::try_from(self.slots.len()).unwrap_or(i64::MAX)
-    }
-
-    fn slot(&mut self, second: i64) -> &mut Bucket {
-        let i = usize::try_from(second.rem_euclid(self.seconds_held())).unwrap_or(0);
-        let slot = &mut self.slots[i];
-        if slot.second != second {
-            *slot = Bucket {
-                second,
-                ..Bucket::default()
-            };
-        }
-        slot
-    }
-
-    /// Whether `second`'s slot was taken by a newer second.
-    fn lost(&self, second: i64) -> bool {
-        usize::try_from(second.rem_euclid(self.seconds_held()))
-            .is_ok_and(|i| self.slots[i].second > second)
-    }
-
-    fn get(&self, second: i64) -> Option<&Bucket> {
-        let i = usize::try_from(second.rem_euclid(self.seconds_held())).ok()?;
-        let slot = &self.slots[i];
-        (slot.second == second).then_some(slot)
+        let len = usize::try_from(seconds).unwrap_or(usize::MAX / 2) + SPARE;
+        self.slots = self.slots.resized(len);
     }
 
     /// Spreads a sample over the seconds its interval overlaps. Parts older than the ring holds,
@@ -133,8 +101,7 @@ impl Ring {
         if sample.length_ms == 0 {
             return;
         }
-        // The ring holds `seconds_held` consecutive seconds ending with the current one.
-        let oldest = now_ms.div_euclid(1000) - self.seconds_held() + 1;
+        let oldest = self.slots.oldest(now_ms);
         let end_ms = sample
             .start_ms
             .saturating_add(i64::from(sample.length_ms))
@@ -147,7 +114,10 @@ impl Ring {
             #[allow(clippy::cast_precision_loss)]
             let overlap = (next - at) as f64;
             let fraction = overlap / length;
-            let b = self.slot(second);
+            let Some(b) = self.slots.write(second, now_ms) else {
+                at = next;
+                continue;
+            };
             b.concurrency_ms += sample.concurrency * overlap;
             b.held_ms += sample.held * overlap;
             b.requests += sample.requests * fraction;
@@ -169,12 +139,14 @@ impl Ring {
         for second in start_ms.div_euclid(1000)..=(end_ms - 1).div_euclid(1000) {
             let from = (second * 1000).max(start_ms);
             let to = ((second + 1) * 1000).min(end_ms);
-            let Some(b) = self.get(second) else {
-                if self.lost(second) {
+            let b = match self.slots.read(second) {
+                Read::Held(b) => b,
+                Read::Empty => continue,
+                Read::Lost => {
                     // Its slot holds a newer second: unobserved, not zero.
                     span_ms -= to - from;
+                    continue;
                 }
-                continue;
             };
             #[allow(clippy::cast_precision_loss)]
             let fraction = (to - from) as f64 / 1000.0;
