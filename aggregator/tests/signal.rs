@@ -124,8 +124,11 @@ async fn an_outage_and_a_restart_under_load_never_read_a_false_zero() {
         "2s",
         "--max-window",
         "8s",
+        // Longer than the proxy's reconnect back-off (at most 5 s), as the default (15 s) is
+        // longer than it and the sidecars' 10 s DNS re-resolve: a warm-up shorter than the time
+        // reporters take to come back would answer 0 for a workload none of whose pods is back.
         "--warm-up",
-        "2s",
+        "7s",
     ];
     let mut aggregator = Aggregator::start(&args);
     let grpc = aggregator.grpc;
