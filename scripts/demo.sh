@@ -61,12 +61,14 @@ spec:
   selector: {app: inflight-aggregator}
   ports: [{name: grpc, port: 9090}]
 ---
-# Sidecars resolve every aggregator replica behind this name and report to each.
+# Sidecars resolve every aggregator replica behind this name and report to each, a warming-up
+# (not yet ready) replica too: that is how it hears every pod before it answers KEDA.
 apiVersion: v1
 kind: Service
 metadata: {name: inflight-aggregator-ingest, namespace: $NS}
 spec:
   clusterIP: None
+  publishNotReadyAddresses: true
   selector: {app: inflight-aggregator}
   ports: [{name: grpc, port: 9090}]
 ---

@@ -101,8 +101,19 @@ pub async fn run(
         grpc = %grpc.local_addr()?, smi = %smi.local_addr()?, admin = %admin.local_addr()?,
         kubernetes = kube.is_some(), "inflight-aggregator serving"
     );
-    // Both servers are bound before the admin server starts: up means ready.
-    let ready: admin::Readiness = Arc::new(|| Ok(()));
+    // Ready once warmed up: until then this replica has not heard every pod, and KEDA's Service
+    // should send its calls to a replica that has (the sidecars' headless Service publishes
+    // not-ready addresses, so the reports arrive all the same).
+    let ready: admin::Readiness = {
+        let registry = registry.clone();
+        Arc::new(move || {
+            if registry.warmed_up(now_ms()) {
+                Ok(())
+            } else {
+                Err("warming up: not every reporting pod has been heard yet".to_owned())
+            }
+        })
+    };
     tokio::spawn(admin::serve(
         admin,
         config.admin_limits.into(),

@@ -93,9 +93,10 @@ fn aggregator_manifests(tb: &TestBed) -> serde_json::Value {
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator"},
          "spec": {"selector": {"app": "inflight-aggregator"},
                   "ports": [{"name": "grpc", "port": 9090}, {"name": "smi", "port": 443, "targetPort": 6443}]}},
-        // Sidecars resolve every replica's address and report to each.
+        // Sidecars resolve every replica's address and report to each, a warming-up (not yet
+        // ready) replica too.
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator-ingest"},
-         "spec": {"clusterIP": "None", "selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}},
+         "spec": {"clusterIP": "None", "publishNotReadyAddresses": true, "selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}},
         {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": "v1alpha1.metrics.smi-spec.io"},
          "spec": {"group": "metrics.smi-spec.io", "version": "v1alpha1", "groupPriorityMinimum": 1000, "versionPriority": 15,
                   "service": {"namespace": ns, "name": "inflight-aggregator", "port": 443},
