@@ -26,7 +26,7 @@ trap cleanup EXIT
 start() {
     cleanup
     port=$((port + 2))
-    taskset -c 0 "$bin/inflight-aggregator" --grpc-listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$((port + 1))" --warm-up 0s \
+    taskset -c 0 "$bin/inflight-aggregator" --grpc-listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$((port + 1))" --warm-up 0s --max-pods 200000 \
         >/dev/null 2>&1 &
     agg_pid=$!
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return; sleep 0.05; done
