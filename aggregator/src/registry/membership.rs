@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
-use inflight_proto::v1::{report_request, HeldReport, PodIdentity, PodReport, ReportRequest};
+use inflight_proto::v1::{report_request, HeldReport, PodReport, ReportRequest};
 use inflight_runtime::{lock, read, write};
 
 use super::workload::{Member, Observed};
@@ -97,14 +97,16 @@ impl Registry {
         now_ms: i64,
     ) -> Result<(), Rejection> {
         let (pod, key, interval) = validate::pod_report(report, now_ms)?;
+        // Made once: both claim lookups below use it, and most reports change no claim.
+        let name = (pod.namespace.clone(), pod.pod.clone());
         // Before making anything: a refused report makes no workload.
-        self.claimable(pod, &key)?;
+        self.claimable(&name, &key)?;
         let workload = self.workload(&key)?;
         let mut w = lock(&workload);
         if !w.pods.contains_key(&pod.pod) {
             self.admit_pod(w.pods.len())?;
         }
-        if let Err(e) = self.claim(pod, &key, stream) {
+        if let Err(e) = self.claim(&name, &key, stream) {
             if !w.pods.contains_key(&pod.pod) {
                 self.pod_count.fetch_sub(1, Ordering::Relaxed);
             }
@@ -297,8 +299,8 @@ impl Registry {
             })
     }
 
-    fn claimable(&self, pod: &PodIdentity, key: &WorkloadKey) -> Result<(), Rejection> {
-        match lock(&self.pods).get(&(pod.namespace.clone(), pod.pod.clone())) {
+    fn claimable(&self, name: &(String, String), key: &WorkloadKey) -> Result<(), Rejection> {
+        match lock(&self.pods).get(name) {
             Some(c) if c.workload != *key && c.stream.is_some() => Err(Rejection::TwoWorkloads {
                 first: c.workload.to_string(),
                 second: key.to_string(),
@@ -311,14 +313,13 @@ impl Registry {
     /// without a stream, until it expires).
     fn claim(
         &self,
-        pod: &PodIdentity,
+        name: &(String, String),
         key: &WorkloadKey,
         stream: Option<&Stream<'_>>,
     ) -> Result<(), Rejection> {
         let id = stream.map_or(NO_STREAM, |s| s.id);
-        let name = (pod.namespace.clone(), pod.pod.clone());
         let mut pods = lock(&self.pods);
-        match pods.get_mut(&name) {
+        match pods.get_mut(name) {
             Some(c) if c.workload != *key && c.stream.is_some() => Err(Rejection::TwoWorkloads {
                 first: c.workload.to_string(),
                 second: key.to_string(),
@@ -329,7 +330,7 @@ impl Registry {
                 c.stream = Some(id);
                 drop(pods);
                 if let Some(s) = stream {
-                    lock(&s.claimed).push(name);
+                    lock(&s.claimed).push(name.clone());
                 }
                 Ok(())
             }
@@ -343,7 +344,7 @@ impl Registry {
                 );
                 drop(pods);
                 if let Some(s) = stream {
-                    lock(&s.claimed).push(name);
+                    lock(&s.claimed).push(name.clone());
                 }
                 Ok(())
             }
