@@ -42,12 +42,16 @@ impl Ingest for IngestService {
         // The pods this stream claims are released when it ends, however it ends.
         let claims = self.registry.stream();
         let mut accepted = 0u64;
+        // One wait for the whole stream, not one per message: each new wait would subscribe to
+        // the stop signal again.
+        let stopping = self.stopping.wait();
+        tokio::pin!(stopping);
         loop {
             let report = tokio::select! {
                 // What has arrived is taken before the stream is ended.
                 biased;
                 message = stream.message() => message?,
-                () = self.stopping.wait() => {
+                () = &mut stopping => {
                     return Err(Status::unavailable(format!(
                         "the aggregator is shutting down; {accepted} reports of this stream were taken"
                     )));

@@ -158,12 +158,19 @@ fn pod_names(id: &PodIdentity) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn workload_names(w: &WorkloadRef) -> Result<(), Rejection> {
+/// The workload's key in `namespace`, if its names are Kubernetes names.
+fn workload_key(w: &WorkloadRef, namespace: &str) -> Result<WorkloadKey, Rejection> {
     if !w.namespace.is_empty() {
         name("workload namespace", &w.namespace, false)?;
     }
-    name("workload kind", &w.kind.to_ascii_lowercase(), false)?;
-    name("workload name", &w.name, true)
+    let kind = w.kind.to_ascii_lowercase();
+    name("workload kind", &kind, false)?;
+    name("workload name", &w.name, true)?;
+    Ok(WorkloadKey {
+        namespace: namespace.to_owned(),
+        kind,
+        name: w.name.clone(),
+    })
 }
 
 fn identity(id: Option<&PodIdentity>) -> Result<(&PodIdentity, WorkloadKey), Rejection> {
@@ -179,14 +186,14 @@ fn identity(id: Option<&PodIdentity>) -> Result<(&PodIdentity, WorkloadKey), Rej
         )));
     }
     pod_names(id)?;
-    workload_names(w)?;
+    let key = workload_key(w, &id.namespace)?;
     if !w.namespace.is_empty() && w.namespace != id.namespace {
         return Err(Rejection::WorkloadNamespace {
             pod: id.namespace.clone(),
             workload: w.namespace.clone(),
         });
     }
-    Ok((id, WorkloadKey::new(&id.namespace, &w.kind, &w.name)))
+    Ok((id, key))
 }
 
 fn interval(i: Option<&Interval>, now_ms: i64) -> Result<Interval, Rejection> {
@@ -298,11 +305,11 @@ pub fn held_report(r: &HeldReport, now_ms: i64) -> Result<Held<'_>, Rejection> {
                 short(&w.name)
             )));
         }
-        workload_names(w)?;
+        let key = workload_key(w, &w.namespace)?;
         concurrency(h.avg_held)?;
         concurrency(f64::from(h.held))?;
         count("arrived", h.arrived, &interval)?;
-        workloads.push((WorkloadKey::from_ref(w), h));
+        workloads.push((key, h));
     }
     Ok(Held {
         activator: id,

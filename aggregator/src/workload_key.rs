@@ -2,8 +2,6 @@
 
 use std::fmt;
 
-use inflight_proto::v1::WorkloadRef;
-
 /// A workload: namespace, lower-case kind (`deployment`, `statefulset`…) and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkloadKey {
@@ -19,10 +17,6 @@ impl WorkloadKey {
             kind: kind.to_ascii_lowercase(),
             name: name.to_owned(),
         }
-    }
-
-    pub(crate) fn from_ref(w: &WorkloadRef) -> Self {
-        Self::new(&w.namespace, &w.kind, &w.name)
     }
 }
 

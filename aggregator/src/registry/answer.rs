@@ -80,7 +80,7 @@ impl Registry {
     /// At the limits on workloads, a watch that never changes: the watcher then polls.
     pub fn watch_busy(&self, key: &WorkloadKey) -> watch::Receiver<bool> {
         match self.workload(key) {
-            Ok(w) => lock(&w).busy.subscribe(),
+            Ok((_, w)) => lock(&w).busy.subscribe(),
             Err(_) => watch::channel(false).1,
         }
     }

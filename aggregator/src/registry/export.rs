@@ -22,7 +22,7 @@ impl Registry {
             .filter_map(|(key, w)| {
                 let w = lock(w);
                 (!w.pods.is_empty()).then(|| Export {
-                    workload: key.clone(),
+                    workload: WorkloadKey::clone(key),
                     active: w.pods.values().map(|m| u64::from(m.now)).sum(),
                     durations: w.durations.clone(),
                 })

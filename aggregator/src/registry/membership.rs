@@ -1,7 +1,8 @@
 //! Reports in: who reports for which workload, within the limits, and who stopped.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use inflight_proto::v1::{report_request, HeldReport, PodReport, ReportRequest};
 use inflight_runtime::{lock, read, write};
@@ -20,7 +21,7 @@ pub(super) struct HeldSet {
 
 #[derive(Debug, Clone)]
 pub(super) struct Claim {
-    pub(super) workload: WorkloadKey,
+    pub(super) workload: Arc<WorkloadKey>,
     /// The stream that claimed it, until that stream ends.
     pub(super) stream: Option<u64>,
 }
@@ -29,6 +30,57 @@ pub(super) struct Claim {
 /// expires.
 pub(super) const NO_STREAM: u64 = 0;
 
+/// Namespace → pod → the workload it reports for. Names are looked up by `&str`, so a report
+/// allocates nothing to find its claim, and each name is stored once: the claiming stream and the
+/// workload's member list share it (`Arc<str>`), and the workload key is the registry's own.
+#[derive(Debug, Default)]
+pub(super) struct Claims(HashMap<Arc<str>, HashMap<Arc<str>, Claim>>);
+
+impl Claims {
+    pub(super) fn get(&self, namespace: &str, pod: &str) -> Option<&Claim> {
+        self.0.get(namespace)?.get(pod)
+    }
+
+    fn get_mut(&mut self, namespace: &str, pod: &str) -> Option<&mut Claim> {
+        self.0.get_mut(namespace)?.get_mut(pod)
+    }
+
+    /// Sets the pod's claim. Returns the shared (namespace, pod) names and whether the claim
+    /// changed.
+    fn set(&mut self, namespace: &str, pod: &str, claim: Claim) -> (Arc<str>, Arc<str>, bool) {
+        let namespace = match self.0.get_key_value(namespace) {
+            Some((ns, _)) => ns.clone(),
+            None => Arc::from(namespace),
+        };
+        let pods = self.0.entry(namespace.clone()).or_default();
+        let (name, changed) = match pods.get_key_value(pod) {
+            Some((name, old)) => (
+                name.clone(),
+                old.stream != claim.stream || old.workload != claim.workload,
+            ),
+            None => (Arc::from(pod), true),
+        };
+        pods.insert(name.clone(), claim);
+        (namespace, name, changed)
+    }
+
+    fn remove(&mut self, namespace: &str, pod: &str) {
+        if let Some(pods) = self.0.get_mut(namespace) {
+            pods.remove(pod);
+            if pods.is_empty() {
+                self.0.remove(namespace);
+            }
+        }
+    }
+
+    /// Every claimed pod, as (namespace, pod).
+    pub(super) fn names(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0
+            .iter()
+            .flat_map(|(ns, pods)| pods.keys().map(move |pod| (&**ns, &**pod)))
+    }
+}
+
 /// One report stream. The pod names it claimed are released when it ends (dropped): another
 /// workload may then claim them, so a name squatted by a stream is free once it closes, and a
 /// pod that really moved is not refused until its old entry expires.
@@ -36,7 +88,8 @@ pub(super) const NO_STREAM: u64 = 0;
 pub struct Stream<'a> {
     registry: &'a Registry,
     id: u64,
-    claimed: Mutex<Vec<(String, String)>>,
+    /// (namespace, pod), shared with the claims.
+    claimed: Mutex<Vec<(Arc<str>, Arc<str>)>>,
 }
 
 impl Stream<'_> {
@@ -50,14 +103,22 @@ impl Drop for Stream<'_> {
     fn drop(&mut self) {
         let claimed = std::mem::take(&mut *lock(&self.claimed));
         let mut pods = lock(&self.registry.pods);
-        for key in claimed {
-            if let Some(c) = pods.get_mut(&key) {
+        for (namespace, pod) in claimed {
+            if let Some(c) = pods.get_mut(&namespace, &pod) {
                 if c.stream == Some(self.id) {
                     c.stream = None;
                 }
             }
         }
     }
+}
+
+/// What a report's pod name is, before the workload is touched.
+enum Claimed {
+    /// Claimed for this workload by this stream already (most reports): nothing to change.
+    Held(Arc<str>),
+    /// Unclaimed, or claimed in a way this report may take over.
+    Free,
 }
 
 impl Registry {
@@ -97,21 +158,27 @@ impl Registry {
         now_ms: i64,
     ) -> Result<(), Rejection> {
         let (pod, key, interval) = validate::pod_report(report, now_ms)?;
-        // Made once: both claim lookups below use it, and most reports change no claim.
-        let name = (pod.namespace.clone(), pod.pod.clone());
+        let id = stream.map_or(NO_STREAM, |s| s.id);
         // Before making anything: a refused report makes no workload.
-        self.claimable(&name, &key)?;
-        let workload = self.workload(&key)?;
+        let claimed = self.claimable(&pod.namespace, &pod.pod, &key, id)?;
+        let (key, workload) = self.workload(&key)?;
         let mut w = lock(&workload);
-        if !w.pods.contains_key(&pod.pod) {
+        let known = w.pods.contains_key(&*pod.pod);
+        if !known {
             self.admit_pod(w.pods.len())?;
         }
-        if let Err(e) = self.claim(&name, &key, stream) {
-            if !w.pods.contains_key(&pod.pod) {
-                self.pod_count.fetch_sub(1, Ordering::Relaxed);
-            }
-            return Err(e);
-        }
+        let name = match claimed {
+            Claimed::Held(name) => name,
+            Claimed::Free => match self.claim(&pod.namespace, &pod.pod, &key, stream) {
+                Ok(name) => name,
+                Err(e) => {
+                    if !known {
+                        self.pod_count.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    return Err(e);
+                }
+            },
+        };
         let end_ms = interval
             .start_unix_ms
             .saturating_add(i64::from(interval.length_ms));
@@ -138,7 +205,7 @@ impl Registry {
             w.durations.sum_seconds += h.sum_seconds;
         }
         let warming_up = !self.warmed_up(now_ms);
-        let member = w.pods.entry(pod.pod.clone()).or_insert_with(|| Member {
+        let member = w.pods.entry(name).or_insert_with(|| Member {
             seen_ms: now_ms,
             interval_ms: interval.length_ms,
             until_ms: end_ms,
@@ -146,10 +213,12 @@ impl Registry {
             last_requests_per_ms: 0.0,
             now: 0,
             traffic: None,
-            observed: warming_up.then_some(Observed {
-                from_ms: interval.start_unix_ms,
-                concurrency_ms: 0.0,
-                requests: 0.0,
+            observed: warming_up.then(|| {
+                Box::new(Observed {
+                    from_ms: interval.start_unix_ms,
+                    concurrency_ms: 0.0,
+                    requests: 0.0,
+                })
             }),
         });
         if let Some(o) = &mut member.observed {
@@ -189,7 +258,7 @@ impl Registry {
         // Every workload first, so that a limit refuses the report before anything changed.
         let handles = workloads
             .iter()
-            .map(|(key, _)| self.workload(key))
+            .map(|(key, _)| self.workload(key).map(|(_, w)| w))
             .collect::<Result<Vec<_>, _>>()?;
         let name = format!("{}/{}", activator.namespace, activator.pod);
         {
@@ -299,56 +368,57 @@ impl Registry {
             })
     }
 
-    fn claimable(&self, name: &(String, String), key: &WorkloadKey) -> Result<(), Rejection> {
-        match lock(&self.pods).get(name) {
-            Some(c) if c.workload != *key && c.stream.is_some() => Err(Rejection::TwoWorkloads {
+    /// Whether the pod may report for `key` on stream `id`, looked up once: nearly every report
+    /// finds its pod already claimed by its own stream, and [`Registry::claim`] is then not needed.
+    fn claimable(
+        &self,
+        namespace: &str,
+        pod: &str,
+        key: &WorkloadKey,
+        id: u64,
+    ) -> Result<Claimed, Rejection> {
+        let pods = lock(&self.pods);
+        let Some((name, c)) = pods.0.get(namespace).and_then(|p| p.get_key_value(pod)) else {
+            return Ok(Claimed::Free);
+        };
+        match c.stream {
+            Some(_) if *c.workload != *key => Err(Rejection::TwoWorkloads {
                 first: c.workload.to_string(),
                 second: key.to_string(),
             }),
-            _ => Ok(()),
+            Some(s) if s == id => Ok(Claimed::Held(name.clone())),
+            _ => Ok(Claimed::Free),
         }
     }
 
     /// A pod belongs to one workload while the stream that claimed it is open (and, for reports
-    /// without a stream, until it expires).
+    /// without a stream, until it expires). Returns the pod's shared name.
     fn claim(
         &self,
-        name: &(String, String),
-        key: &WorkloadKey,
+        namespace: &str,
+        pod: &str,
+        key: &Arc<WorkloadKey>,
         stream: Option<&Stream<'_>>,
-    ) -> Result<(), Rejection> {
-        let id = stream.map_or(NO_STREAM, |s| s.id);
+    ) -> Result<Arc<str>, Rejection> {
         let mut pods = lock(&self.pods);
-        match pods.get_mut(name) {
-            Some(c) if c.workload != *key && c.stream.is_some() => Err(Rejection::TwoWorkloads {
-                first: c.workload.to_string(),
-                second: key.to_string(),
-            }),
-            Some(c) if c.workload == *key && c.stream == Some(id) => Ok(()),
-            Some(c) => {
-                c.workload = key.clone();
-                c.stream = Some(id);
-                drop(pods);
-                if let Some(s) = stream {
-                    lock(&s.claimed).push(name.clone());
-                }
-                Ok(())
-            }
-            None => {
-                pods.insert(
-                    name.clone(),
-                    Claim {
-                        workload: key.clone(),
-                        stream: Some(id),
-                    },
-                );
-                drop(pods);
-                if let Some(s) = stream {
-                    lock(&s.claimed).push(name.clone());
-                }
-                Ok(())
+        if let Some(c) = pods.get(namespace, pod) {
+            if c.stream.is_some() && *c.workload != **key {
+                return Err(Rejection::TwoWorkloads {
+                    first: c.workload.to_string(),
+                    second: key.to_string(),
+                });
             }
         }
+        let claim = Claim {
+            workload: key.clone(),
+            stream: Some(stream.map_or(NO_STREAM, |s| s.id)),
+        };
+        let (namespace, name, changed) = pods.set(namespace, pod, claim);
+        drop(pods);
+        if let Some(s) = stream.filter(|_| changed) {
+            lock(&s.claimed).push((namespace, name.clone()));
+        }
+        Ok(name)
     }
 
     /// Drops members that missed [`MISSED_INTERVALS`] intervals, and workloads left with nothing to
@@ -369,7 +439,7 @@ impl Registry {
             w.pods.retain(|name, m| {
                 let keep = !stale(m);
                 if !keep {
-                    dropped_pods.push(((key.namespace.clone(), name.clone()), key.clone()));
+                    dropped_pods.push((name.clone(), key.clone()));
                 }
                 keep
             });
@@ -386,10 +456,13 @@ impl Registry {
             self.pod_count
                 .fetch_sub(dropped_pods.len(), Ordering::Relaxed);
             let mut pods = lock(&self.pods);
-            for (p, key) in &dropped_pods {
+            for (pod, key) in &dropped_pods {
                 // Unless another workload has claimed the name since.
-                if pods.get(p).is_some_and(|c| c.workload == *key) {
-                    pods.remove(p);
+                if pods
+                    .get(&key.namespace, pod)
+                    .is_some_and(|c| c.workload == *key)
+                {
+                    pods.remove(&key.namespace, pod);
                 }
             }
         }
@@ -417,7 +490,7 @@ impl Registry {
     /// Pods currently tracked for a workload (their names).
     pub fn pods(&self, key: &WorkloadKey) -> Vec<String> {
         self.existing(key).map_or_else(Vec::new, |w| {
-            let mut pods: Vec<String> = lock(&w).pods.keys().cloned().collect();
+            let mut pods: Vec<String> = lock(&w).pods.keys().map(|p| p.to_string()).collect();
             pods.sort();
             pods
         })

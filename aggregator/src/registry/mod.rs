@@ -21,7 +21,7 @@ use crate::validate::Rejection;
 pub use crate::workload_key::WorkloadKey;
 pub use export::Export;
 pub use membership::Stream;
-use membership::{Claim, HeldSet, NO_STREAM};
+use membership::{Claims, HeldSet, NO_STREAM};
 pub use workload::Durations;
 use workload::Workload;
 
@@ -101,16 +101,21 @@ pub struct Census {
     pub activators: usize,
 }
 
+/// One workload's state, locked on its own: reports for different workloads never wait for each
+/// other.
+type Handle = Arc<Mutex<Workload>>;
+
 #[derive(Debug)]
 pub struct Registry {
     settings: Settings,
     ring_seconds: u32,
-    workloads: RwLock<HashMap<WorkloadKey, Arc<Mutex<Workload>>>>,
+    /// Each key is shared with the pods' claims, which name their workload.
+    workloads: RwLock<HashMap<Arc<WorkloadKey>, Arc<Mutex<Workload>>>>,
     /// Workloads per namespace; changed only under the `workloads` write lock.
     namespaces: Mutex<HashMap<String, usize>>,
-    /// (namespace, pod) → its workload: a pod that claims a second workload is refused while the
-    /// stream that claimed it is open.
-    pods: Mutex<HashMap<(String, String), Claim>>,
+    /// Which workload each pod reports for: a pod that claims a second workload is refused while
+    /// the stream that claimed it is open.
+    pods: Mutex<Claims>,
     /// Pods tracked, over all workloads.
     pod_count: AtomicUsize,
     /// Activator (`namespace/pod`) → the workloads its latest report listed: a report is its
@@ -146,15 +151,16 @@ impl Registry {
         now_ms.saturating_sub(self.settings.started_ms) >= self.settings.warm_up_ms
     }
 
-    /// The workload, made if the limits allow.
-    fn workload(&self, key: &WorkloadKey) -> Result<Arc<Mutex<Workload>>, Rejection> {
-        if let Some(w) = read(&self.workloads).get(key) {
-            return Ok(w.clone());
+    /// The workload and its shared key, made if the limits allow.
+    fn workload(&self, key: &WorkloadKey) -> Result<(Arc<WorkloadKey>, Handle), Rejection> {
+        let found = |(k, w): (&Arc<WorkloadKey>, &Handle)| (k.clone(), w.clone());
+        if let Some(found) = read(&self.workloads).get_key_value(key).map(found) {
+            return Ok(found);
         }
         let limits = self.settings.limits;
         let mut workloads = write(&self.workloads);
-        if let Some(w) = workloads.get(key) {
-            return Ok(w.clone());
+        if let Some(found) = workloads.get_key_value(key).map(found) {
+            return Ok(found);
         }
         if workloads.len() >= limits.workloads {
             return Err(Rejection::Limit {
@@ -175,12 +181,13 @@ impl Registry {
             });
         }
         *in_namespace += 1;
+        let key = Arc::new(key.clone());
         let w = Arc::new(Mutex::new(Workload::new(self.ring_seconds)));
         workloads.insert(key.clone(), w.clone());
-        Ok(w)
+        Ok((key, w))
     }
 
-    fn existing(&self, key: &WorkloadKey) -> Option<Arc<Mutex<Workload>>> {
+    fn existing(&self, key: &WorkloadKey) -> Option<Handle> {
         read(&self.workloads).get(key).cloned()
     }
 

@@ -15,10 +15,7 @@ impl Registry {
         window_ms: i64,
         now_ms: i64,
     ) -> Option<Traffic> {
-        let key = lock(&self.pods)
-            .get(&(namespace.to_owned(), pod.to_owned()))?
-            .workload
-            .clone();
+        let key = lock(&self.pods).get(namespace, pod)?.workload.clone();
         let workload = self.existing(&key)?;
         let w = lock(&workload);
         let member = w.pods.get(pod)?;
@@ -74,7 +71,7 @@ impl Registry {
                 namespace.is_none_or(|ns| k.namespace == ns) && kind.is_none_or(|kd| k.kind == kd)
             })
             .filter(|(_, w)| !lock(w).pods.is_empty())
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| WorkloadKey::clone(k))
             .collect();
         keys.sort();
         keys
@@ -83,9 +80,9 @@ impl Registry {
     /// Reporting pods, as (namespace, pod), in `namespace` (or all), sorted.
     pub fn pods_in(&self, namespace: Option<&str>) -> Vec<(String, String)> {
         let mut pods: Vec<(String, String)> = lock(&self.pods)
-            .keys()
-            .filter(|(ns, _)| namespace.is_none_or(|n| ns == n))
-            .cloned()
+            .names()
+            .filter(|(ns, _)| namespace.is_none_or(|n| *ns == n))
+            .map(|(ns, pod)| (ns.to_owned(), pod.to_owned()))
             .collect();
         pods.sort();
         pods

@@ -1,6 +1,7 @@
 //! The data every concern of the registry shares: one workload's ring, members and activity.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
@@ -22,8 +23,9 @@ pub(super) struct Member {
     pub(super) now: u32,
     /// For the SMI API: allocated when the pod first serves a request.
     pub(super) traffic: Option<Box<PodTraffic>>,
-    /// For a pod first heard during warm-up: what it reported since.
-    pub(super) observed: Option<Observed>,
+    /// For a pod first heard during warm-up: what it reported since (boxed: only pods of the
+    /// first minutes have it).
+    pub(super) observed: Option<Box<Observed>>,
 }
 
 /// A pod first heard during warm-up was serving before this process could hear it. Until no
@@ -41,7 +43,8 @@ pub(super) struct Observed {
 #[derive(Debug)]
 pub(super) struct Workload {
     pub(super) ring: Ring,
-    pub(super) pods: HashMap<String, Member>,
+    /// By pod name, shared with the pod's claim.
+    pub(super) pods: HashMap<Arc<str>, Member>,
     pub(super) activators: HashMap<String, Member>,
     /// End of the latest interval in which a request arrived or was in flight.
     pub(super) last_request_ms: Option<i64>,
@@ -145,7 +148,7 @@ impl Workload {
         for (m, o) in self
             .pods
             .values()
-            .filter_map(|m| Some((m, m.observed?)))
+            .filter_map(|m| Some((m, *m.observed.as_deref()?)))
             .filter(|(_, o)| o.from_ms > start)
         {
             #[allow(clippy::cast_precision_loss)]
