@@ -43,22 +43,31 @@ impl Default for ConnLimits {
 impl ConnLimits {
     /// A hyper-util server builder for HTTP/1.1 and h2c that enforces these limits.
     pub fn builder(&self) -> auto::Builder<TokioExecutor> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = h2_pinging_builder(self.h2_keepalive);
         builder
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(self.h2_keepalive)
-            .keep_alive_timeout(self.h2_keepalive);
         builder
     }
 
     pub fn admission(&self) -> Admission {
         Admission(Arc::new(Semaphore::new(self.max_connections.max(1))))
     }
+}
+
+/// A hyper-util server builder for HTTP/1.1 and h2c that pings HTTP/2 connections idle for
+/// `h2_keepalive` and closes them when a ping goes unanswered as long, but puts no timer on
+/// HTTP/1: for a server that keeps HTTP/1's header-read and idle timeouts itself, as the proxy's
+/// data port does (hyper's header timer costs a timer per request).
+pub fn h2_pinging_builder(h2_keepalive: Duration) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(h2_keepalive)
+        .keep_alive_timeout(h2_keepalive);
+    builder
 }
 
 /// The open-connection cap: each accepted connection holds a permit until it closes.

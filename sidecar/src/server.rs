@@ -9,12 +9,10 @@
 //! In serve mode any pod in the cluster dials this port, so a client costs a
 //! bounded amount for a bounded time ([`Connections`]): a cap on open
 //! connections (accepting pauses at it), a deadline for a new connection's
-//! first request head, hyper's HTTP/1 header timer as the idle keep-alive
-//! timeout, and HTTP/2 pings that reap the connections of vanished peers.
-//! hyper's HTTP/1 `header_read_timeout` runs from the moment hyper waits for
-//! a head (right after the previous response), so it is the idle timeout;
-//! hyper-util's `auto` builder reads the first bytes before any hyper timer
-//! runs, so that phase and the first head have a deadline of their own.
+//! first bytes and first request head, an idle keep-alive timeout from the
+//! end of each response to the next head ([`idle`], one timer a connection
+//! rather than hyper's one a request), and HTTP/2 pings that reap the
+//! connections of vanished peers.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -23,10 +21,12 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use inflight_runtime::http::{first_bytes, ConnLimits, Protocol};
+use inflight_runtime::http::{first_bytes, h2_pinging_builder, Protocol};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+
+mod idle;
 
 pub use crate::config::Connections;
 use crate::count::{CountingProxy, KeepWhileOpen};
@@ -74,20 +74,17 @@ async fn work(
     grace: Grace,
     limits: Connections,
 ) {
-    // hyper's header timer, which runs from the end of a response to the end
-    // of the next head, is the idle keep-alive timeout.
-    let builder = ConnLimits {
-        header_read_timeout: limits.idle_timeout,
-        max_connections: usize::MAX,
-        h2_keepalive: limits.h2_keepalive,
-    }
-    .builder();
+    // HTTP/1's header-read and idle timeouts are kept per connection
+    // ([`idle`]), not by hyper's header timer, which costs a timer per request.
+    let builder = h2_pinging_builder(limits.h2_keepalive);
+    let proxy = Arc::new(proxy);
     let graceful = GracefulShutdown::new();
     // Connections that have not yet sent their first bytes when the drain
     // ends are dropped at once rather than waited for: they have sent
     // nothing that could be lost.
     let (closing, not_closing) = watch::channel(false);
     while let Some(Accepted { stream, permit }) = connections.recv().await {
+        let opened = Instant::now();
         let Ok(stream) = TcpStream::from_std(stream) else {
             continue;
         };
@@ -104,7 +101,6 @@ async fn work(
             // An upgraded connection outlives this task: the tunnel keeps
             // the connection's place under the cap until it closes.
             let slot = Arc::new(permit);
-            let deadline = Instant::now() + limits.header_read_timeout;
             let started = tokio::select! {
                 started = first_bytes(&stream, limits.header_read_timeout) => started,
                 _ = closing.wait_for(|closing| *closing) => None,
@@ -113,39 +109,41 @@ async fn work(
                 tracing::debug!(%client, "no request started in time; closing");
                 return;
             };
-            let first_request = Arc::new(Notify::new());
-            let seen = first_request.clone();
+            // HTTP/1 requests are watched for the idle timeouts; an h2c
+            // client may keep an idle connection open, and pings watch it.
+            let requests = (protocol == Protocol::Http1).then(|| idle::Requests::new(opened));
+            let watched = requests.clone();
             let service = service_fn(move |mut request: http::Request<_>| {
-                seen.notify_one();
                 if request.headers().contains_key(http::header::UPGRADE) {
                     let slot: Arc<dyn std::any::Any + Send + Sync> = slot.clone();
                     request.extensions_mut().insert(KeepWhileOpen(slot));
                 }
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(request, client).await) }
+                if let Some(requests) = &watched {
+                    requests.start();
+                }
+                let (proxy, watched) = (proxy.clone(), watched.clone());
+                async move {
+                    let response = proxy.handle(request, client).await;
+                    Ok::<_, Infallible>(response.map(|body| match &watched {
+                        Some(requests) => requests.answer(body),
+                        None => idle::Answer::unwatched(body),
+                    }))
+                }
             });
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
             let connection = watcher.watch(connection);
-            tokio::pin!(connection);
-            // HTTP/1: the first head is due by the deadline too. An h2c
-            // client may keep an idle connection open; pings watch it.
-            if protocol == Protocol::Http1 {
-                tokio::select! {
-                    ended = &mut connection => {
-                        log_end(ended, client);
-                        return;
-                    }
-                    started = tokio::time::timeout_at(deadline, first_request.notified()) => {
-                        if started.is_err() {
-                            tracing::debug!(%client, "no whole request head in time; closing");
-                            return;
-                        }
-                    }
+            let Some(requests) = requests else {
+                log_end(connection.await, client);
+                return;
+            };
+            tokio::select! {
+                ended = connection => log_end(ended, client),
+                () = idle::expired(&requests, limits.header_read_timeout, limits.idle_timeout) => {
+                    tracing::debug!(%client, "no whole request head in time; closing");
                 }
             }
-            log_end(connection.await, client);
         });
     }
     // Accepting has stopped: HTTP/1 connections close once their response is
