@@ -5,6 +5,10 @@
 #  2. memory: RSS per tracked pod, with 10,000 and 100,000 pods each reporting once a second
 #  3. GetMetrics p50/p99 with 1,000 workloads while reports stream in
 # Prints a Markdown table; `bench/aggregator.sh >> bench/RESULTS.md` keeps it.
+#
+# A/B against another build: INFLIGHT_AGGREGATOR_BIN=path/to/inflight-aggregator (the load
+# generator is always this tree's), and AGGREGATOR_FLAGS for flags that build lacks (a build from
+# before the --warm-up and --max-pods flags: AGGREGATOR_FLAGS="").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH" RUST_BACKTRACE=0
@@ -13,6 +17,9 @@ SECONDS_EACH="${SECONDS_EACH:-10}"
 
 cargo build --release --locked -p inflight-aggregator --bins --example load >&2
 bin="$CARGO_TARGET_DIR/release"
+aggregator="${INFLIGHT_AGGREGATOR_BIN:-$bin/inflight-aggregator}"
+# No warm-up: the figures start at once. The 100,000-pod row is above the default --max-pods.
+read -r -a flags <<<"${AGGREGATOR_FLAGS---warm-up 0s --max-pods 200000}"
 port=$((20000 + RANDOM % 20000))
 agg_pid=
 cleanup() {
@@ -26,7 +33,7 @@ trap cleanup EXIT
 start() {
     cleanup
     port=$((port + 2))
-    taskset -c 0 "$bin/inflight-aggregator" --grpc-listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$((port + 1))" --warm-up 0s --max-pods 200000 \
+    taskset -c 0 "$aggregator" --grpc-listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$((port + 1))" "${flags[@]}" \
         >/dev/null 2>&1 &
     agg_pid=$!
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return; sleep 0.05; done
