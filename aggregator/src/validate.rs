@@ -4,7 +4,9 @@
 use inflight_proto::v1::{HeldReport, HeldWorkload, Interval, PodIdentity, PodReport, WorkloadRef};
 use inflight_proto::LATENCY_BOUNDS_SECONDS;
 
-use crate::workload_key::WorkloadKey;
+use std::borrow::Cow;
+
+use crate::workload_key::{KeyRef, WorkloadKey};
 
 /// How far in the future an interval may end, in ms: a report is sent when its interval ends, so
 /// anything later is a reporter's clock running fast. Stored, it would take the slot of an older
@@ -158,22 +160,26 @@ fn pod_names(id: &PodIdentity) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// The workload's key in `namespace`, if its names are Kubernetes names.
-fn workload_key(w: &WorkloadRef, namespace: &str) -> Result<WorkloadKey, Rejection> {
+/// The workload a report names, in `namespace`, if its names are Kubernetes names.
+fn workload_key<'a>(w: &'a WorkloadRef, namespace: &'a str) -> Result<KeyRef<'a>, Rejection> {
     if !w.namespace.is_empty() {
         name("workload namespace", &w.namespace, false)?;
     }
-    let kind = w.kind.to_ascii_lowercase();
+    let kind = if w.kind.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(w.kind.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(w.kind.as_str())
+    };
     name("workload kind", &kind, false)?;
     name("workload name", &w.name, true)?;
-    Ok(WorkloadKey {
-        namespace: namespace.to_owned(),
+    Ok(KeyRef {
+        namespace,
         kind,
-        name: w.name.clone(),
+        name: &w.name,
     })
 }
 
-fn identity(id: Option<&PodIdentity>) -> Result<(&PodIdentity, WorkloadKey), Rejection> {
+fn identity(id: Option<&PodIdentity>) -> Result<(&PodIdentity, KeyRef<'_>), Rejection> {
     let id = id
         .filter(|i| !i.namespace.is_empty() && !i.pod.is_empty())
         .ok_or(Rejection::MissingIdentity)?;
@@ -241,7 +247,7 @@ fn count(what: &'static str, value: u64, interval: &Interval) -> Result<(), Reje
 pub fn pod_report(
     r: &PodReport,
     now_ms: i64,
-) -> Result<(&PodIdentity, WorkloadKey, Interval), Rejection> {
+) -> Result<(&PodIdentity, KeyRef<'_>, Interval), Rejection> {
     let (id, key) = identity(r.pod.as_ref())?;
     let interval = interval(r.interval.as_ref(), now_ms)?;
     concurrency(r.avg_concurrency)?;
@@ -309,7 +315,7 @@ pub fn held_report(r: &HeldReport, now_ms: i64) -> Result<Held<'_>, Rejection> {
         concurrency(h.avg_held)?;
         concurrency(f64::from(h.held))?;
         count("arrived", h.arrived, &interval)?;
-        workloads.push((key, h));
+        workloads.push((key.to_key(), h));
     }
     Ok(Held {
         activator: id,

@@ -79,7 +79,7 @@ impl Registry {
     /// Wakes whoever waits on a change of the workload's "something in flight or held".
     /// At the limits on workloads, a watch that never changes: the watcher then polls.
     pub fn watch_busy(&self, key: &WorkloadKey) -> watch::Receiver<bool> {
-        match self.workload(key) {
+        match self.workload(&key.as_ref()) {
             Ok((_, w)) => lock(&w).busy.subscribe(),
             Err(_) => watch::channel(false).1,
         }

@@ -8,7 +8,7 @@ use inflight_proto::v1::{report_request, HeldReport, PodReport, ReportRequest};
 use inflight_runtime::{lock, read, write};
 
 use super::workload::{Member, Observed};
-use super::{Registry, WorkloadKey, MISSED_INTERVALS};
+use super::{KeyRef, Registry, WorkloadKey, MISSED_INTERVALS};
 use crate::traffic;
 use crate::validate::{self, Rejection};
 use crate::window::Sample;
@@ -258,7 +258,7 @@ impl Registry {
         // Every workload first, so that a limit refuses the report before anything changed.
         let handles = workloads
             .iter()
-            .map(|(key, _)| self.workload(key).map(|(_, w)| w))
+            .map(|(key, _)| self.workload(&key.as_ref()).map(|(_, w)| w))
             .collect::<Result<Vec<_>, _>>()?;
         let name = format!("{}/{}", activator.namespace, activator.pod);
         {
@@ -374,7 +374,7 @@ impl Registry {
         &self,
         namespace: &str,
         pod: &str,
-        key: &WorkloadKey,
+        key: &KeyRef<'_>,
         id: u64,
     ) -> Result<Claimed, Rejection> {
         let pods = lock(&self.pods);
@@ -382,7 +382,7 @@ impl Registry {
             return Ok(Claimed::Free);
         };
         match c.stream {
-            Some(_) if *c.workload != *key => Err(Rejection::TwoWorkloads {
+            Some(_) if !key.names(&c.workload) => Err(Rejection::TwoWorkloads {
                 first: c.workload.to_string(),
                 second: key.to_string(),
             }),

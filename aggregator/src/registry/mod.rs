@@ -12,13 +12,14 @@ mod traffic;
 mod workload;
 
 use std::collections::HashMap;
+use std::hash::RandomState;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, RwLock};
 
 use inflight_runtime::{lock, read, write};
 
 use crate::validate::Rejection;
-pub use crate::workload_key::WorkloadKey;
+pub use crate::workload_key::{KeyRef, WorkloadKey};
 pub use export::Export;
 pub use membership::Stream;
 use membership::{Claims, HeldSet, NO_STREAM};
@@ -109,8 +110,9 @@ type Handle = Arc<Mutex<Workload>>;
 pub struct Registry {
     settings: Settings,
     ring_seconds: u32,
-    /// Each key is shared with the pods' claims, which name their workload.
-    workloads: RwLock<HashMap<Arc<WorkloadKey>, Arc<Mutex<Workload>>>>,
+    /// Each key is shared with the pods' claims, which name their workload. hashbrown's map, for
+    /// look-ups by a [`KeyRef`] borrowed from a report; std's hasher, whose keys are random.
+    workloads: RwLock<hashbrown::HashMap<Arc<WorkloadKey>, Handle, RandomState>>,
     /// Workloads per namespace; changed only under the `workloads` write lock.
     namespaces: Mutex<HashMap<String, usize>>,
     /// Which workload each pod reports for: a pod that claims a second workload is refused while
@@ -152,7 +154,7 @@ impl Registry {
     }
 
     /// The workload and its shared key, made if the limits allow.
-    fn workload(&self, key: &WorkloadKey) -> Result<(Arc<WorkloadKey>, Handle), Rejection> {
+    fn workload(&self, key: &KeyRef<'_>) -> Result<(Arc<WorkloadKey>, Handle), Rejection> {
         let found = |(k, w): (&Arc<WorkloadKey>, &Handle)| (k.clone(), w.clone());
         if let Some(found) = read(&self.workloads).get_key_value(key).map(found) {
             return Ok(found);
@@ -171,7 +173,7 @@ impl Registry {
             });
         }
         let mut namespaces = lock(&self.namespaces);
-        let in_namespace = namespaces.entry(key.namespace.clone()).or_insert(0);
+        let in_namespace = namespaces.entry(key.namespace.to_owned()).or_insert(0);
         if *in_namespace >= limits.workloads_per_namespace {
             return Err(Rejection::Limit {
                 what: "workloads in the namespace",
@@ -181,7 +183,7 @@ impl Registry {
             });
         }
         *in_namespace += 1;
-        let key = Arc::new(key.clone());
+        let key = Arc::new(key.to_key());
         let w = Arc::new(Mutex::new(Workload::new(self.ring_seconds)));
         workloads.insert(key.clone(), w.clone());
         Ok((key, w))
