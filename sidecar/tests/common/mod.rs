@@ -108,6 +108,17 @@ impl Proxy {
     }
 
     pub async fn start_with_upstream(upstream: &str, args: &[&str]) -> Proxy {
+        // A free port may be taken again before the proxy binds it: the proxy then exits, and
+        // another pair of ports is tried.
+        for _ in 0..3 {
+            if let Some(proxy) = Self::try_start(upstream, args).await {
+                return proxy;
+            }
+        }
+        panic!("inflight-proxy exited before it came up, three times (see its log above)");
+    }
+
+    async fn try_start(upstream: &str, args: &[&str]) -> Option<Proxy> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_inflight-proxy"))
@@ -129,14 +140,21 @@ impl Proxy {
             .kill_on_drop(true)
             .spawn()
             .expect("inflight-proxy starts");
-        let proxy = Proxy { child, addr, admin };
-        for _ in 0..200 {
+        let mut proxy = Proxy { child, addr, admin };
+        // A loaded machine may take seconds to start a debug binary: wait for it to answer, or
+        // to exit, with a deadline far beyond any start.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while tokio::time::Instant::now() < deadline {
             if get(admin, "/healthz").await.map(|(s, _)| s) == Some(200) {
-                return proxy;
+                return Some(proxy);
+            }
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                eprintln!("inflight-proxy exited before it came up on {admin}: {status}");
+                return None;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("inflight-proxy did not come up on {admin}");
+        panic!("inflight-proxy did not come up on {admin} within 120 s");
     }
 
     pub fn pid(&self) -> u32 {
