@@ -120,7 +120,7 @@ pub async fn run(
         Arc::new(prometheus),
         ready,
     ));
-    let smi_limits = smi::conn::Limits {
+    let smi_limits = inflight_runtime::https::Limits {
         header_read_timeout: config.smi_header_read_timeout,
         idle_timeout: config.smi_idle_timeout,
         max_connections: config.smi_max_connections,

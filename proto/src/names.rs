@@ -19,6 +19,7 @@ pub const PROXY_PORT: u16 = 15080;
 pub const PROXY_PORT_NAME: &str = "inflight-http";
 /// Sidecar admin port: `/metrics`, `/healthz`, `/readyz`, `/stats`.
 pub const PROXY_ADMIN_PORT: u16 = 15090;
+pub const PROXY_ADMIN_PORT_NAME: &str = "inflight-admin";
 
 /// Aggregator: gRPC (KEDA external scaler and Ingest), SMI API, admin.
 pub const AGGREGATOR_GRPC_PORT: u16 = 9090;

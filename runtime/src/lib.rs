@@ -1,11 +1,15 @@
 //! What every inflight binary does the same way, in one place: logging, stopping on SIGTERM, the
-//! admin server and the limits of every HTTP server, poison-tolerant locks, wall-clock
-//! milliseconds.
+//! admin server and the limits of every HTTP server, HTTPS with reloaded certificates (feature
+//! `tls`), poison-tolerant locks, wall-clock milliseconds.
 
 pub mod admin;
 pub mod http;
+#[cfg(feature = "tls")]
+pub mod https;
 pub mod sync;
 pub mod time;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use sync::{lock, read, write};
 pub use time::now_ms;

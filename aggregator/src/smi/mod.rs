@@ -2,18 +2,14 @@
 //! server's aggregation layer through an APIService.
 
 pub mod auth;
-pub mod conn;
 pub mod routes;
 
-use std::convert::Infallible;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams};
@@ -23,6 +19,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use inflight_runtime::https;
+use inflight_runtime::tls::provider;
 use inflight_runtime::{read, write};
 
 use crate::registry::Registry;
@@ -55,10 +53,6 @@ struct Server {
     registry: Arc<Registry>,
     client: Option<Client>,
     requestheader: RwLock<Option<RequestHeader>>,
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// TLS that asks for a client certificate of the requestheader CA but lets other callers finish
@@ -106,7 +100,7 @@ fn acceptor(
 /// no way to authenticate callers: every request is refused with 503 and the reason.
 pub async fn serve(
     listener: TcpListener,
-    limits: conn::Limits,
+    limits: https::Limits,
     identity: Identity,
     registry: Arc<Registry>,
     client: Option<Client>,
@@ -143,60 +137,19 @@ pub async fn serve(
     } else {
         tracing::warn!("SMI API: no Kubernetes API (no in-cluster config, no KUBECONFIG): callers cannot be authenticated and are refused");
     }
-    let admission = limits.admission();
-    loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let Some(permit) = admission.try_admit() else {
-            tracing::debug!(%peer, max = limits.max_connections, "SMI API: --smi-max-connections reached; connection closed");
-            continue;
-        };
-        let Some(tls) = read(&current).clone() else {
-            continue;
-        };
+    let acceptor = move || read(&current).clone();
+    let make = move |tls: &rustls::ServerConnection| {
+        let peer_cn = tls
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| auth::common_name(c));
         let server = server.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let Ok(Ok(stream)) =
-                tokio::time::timeout(limits.header_read_timeout, tls.accept(tcp)).await
-            else {
-                return;
-            };
-            let peer_cn = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| auth::common_name(c));
-            let activity = conn::Activity::new();
-            let service = service_fn({
-                let activity = activity.clone();
-                move |request| {
-                    let (server, peer_cn, activity) =
-                        (server.clone(), peer_cn.clone(), activity.clone());
-                    async move {
-                        let response = activity
-                            .serving(server.handle(request, peer_cn.as_deref()))
-                            .await;
-                        Ok::<_, Infallible>(response)
-                    }
-                }
-            });
-            let builder = limits.builder();
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => return,
-                () = activity.idle_for(limits.idle_timeout) => {}
-            }
-            // Idle: HTTP/1 closes now; h2 sends GOAWAY and closes once its streams are done, which
-            // a peer that stopped reading could put off, so that too is bounded.
-            connection.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(limits.header_read_timeout, connection).await;
-        });
-    }
+        move |request| {
+            let (server, peer_cn) = (server.clone(), peer_cn.clone());
+            async move { server.handle(request, peer_cn.as_deref()).await }
+        }
+    };
+    https::serve(listener, limits, acceptor, make).await;
 }
 
 impl Server {

@@ -1,25 +1,33 @@
-//! What the SMI API allows each client, so a slow or idle one costs a bounded amount for a bounded
-//! time (slowloris): a cap on open connections, a deadline for the TLS handshake and each HTTP/1
-//! request head, and an idle timeout for connections with no request in progress.
+//! An HTTPS server whose clients each cost a bounded amount for a bounded time (slowloris): a cap
+//! on open connections, a deadline for the TLS handshake and each HTTP/1 request head, and an idle
+//! timeout for connections with no request in progress. The SMI API and the injector's webhook
+//! both serve through it; their callers are API servers.
 //!
 //! hyper's HTTP/1 `header_read_timeout` runs from the moment hyper waits for a head: right after
 //! the handshake and, on a keep-alive connection, right after the previous response, so an idle
 //! HTTP/1 connection is closed after it too. HTTP/2 connections (the API server's aggregation
 //! layer speaks h2) have no head timer: the idle timeout closes them with a GOAWAY. Unlike the
 //! admin servers, which pause accepting at their cap, a connection past this cap is closed at once:
-//! the API server's aggregation layer retries, and a full house shows at once rather than as a hang.
+//! the API server retries, and a full house shows at once rather than as a hang.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioExecutor;
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use inflight_runtime::http::ConnLimits;
+use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
-/// The limits, from the `--smi-*` flags.
+use crate::http::ConnLimits;
+
+/// What each client is allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// The TLS handshake, and each HTTP/1 request head, must arrive within this.
@@ -43,7 +51,7 @@ impl Default for Limits {
 impl Limits {
     /// A server builder for HTTP/1.1 and h2 that enforces the head deadline and pings idle h2
     /// connections (the runtime's, as every inflight HTTP server does).
-    pub(super) fn builder(&self) -> auto::Builder<TokioExecutor> {
+    pub fn builder(&self) -> auto::Builder<TokioExecutor> {
         ConnLimits {
             header_read_timeout: self.header_read_timeout,
             max_connections: self.max_connections,
@@ -52,33 +60,33 @@ impl Limits {
         .builder()
     }
 
-    pub(super) fn admission(&self) -> Admission {
+    pub fn admission(&self) -> Admission {
         Admission(Arc::new(Semaphore::new(self.max_connections.max(1))))
     }
 }
 
 /// The open-connection cap: each connection holds a permit until it closes.
 #[derive(Debug, Clone)]
-pub(super) struct Admission(Arc<Semaphore>);
+pub struct Admission(Arc<Semaphore>);
 
 impl Admission {
     /// A permit, or none when every place is taken.
-    pub(super) fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
+    pub fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
         self.0.clone().try_acquire_owned().ok()
     }
 }
 
 /// Requests in progress on one connection, and since when that count last changed.
 #[derive(Debug, Clone)]
-pub(super) struct Activity(Arc<watch::Sender<(usize, Instant)>>);
+struct Activity(Arc<watch::Sender<(usize, Instant)>>);
 
 impl Activity {
-    pub(super) fn new() -> Self {
+    fn new() -> Self {
         Self(Arc::new(watch::Sender::new((0, Instant::now()))))
     }
 
     /// Counts `request` as in progress while it runs.
-    pub(super) async fn serving<T>(&self, request: impl Future<Output = T>) -> T {
+    async fn serving<T>(&self, request: impl Future<Output = T>) -> T {
         self.0.send_modify(|(n, at)| {
             *n += 1;
             *at = Instant::now();
@@ -98,7 +106,7 @@ impl Activity {
     }
 
     /// Completes once no request has been in progress for `idle`.
-    pub(super) async fn idle_for(&self, idle: Duration) {
+    async fn idle_for(&self, idle: Duration) {
         let mut rx = self.0.subscribe();
         loop {
             let (in_progress, since) = *rx.borrow_and_update();
@@ -112,6 +120,70 @@ impl Activity {
                 std::future::pending::<()>().await;
             }
         }
+    }
+}
+
+/// Serves HTTPS on `listener` for ever, within `limits`. `acceptor` gives the TLS settings for
+/// each new connection, so they may change while serving (`None`: the connection is closed).
+/// `make` builds the connection's request handler once its handshake is done, from what the
+/// handshake established (a client certificate, say).
+pub async fn serve<A, M, H, F, B>(listener: TcpListener, limits: Limits, acceptor: A, make: M)
+where
+    A: Fn() -> Option<TlsAcceptor>,
+    M: Fn(&rustls::ServerConnection) -> H + Clone + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let admission = limits.admission();
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors, mostly: wait for some to close rather than spin.
+                tracing::warn!(%error, "HTTPS accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(permit) = admission.try_admit() else {
+            tracing::debug!(%peer, max = limits.max_connections, "connection cap reached; connection closed");
+            continue;
+        };
+        let Some(tls) = acceptor() else {
+            continue;
+        };
+        let make = make.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(limits.header_read_timeout, tls.accept(tcp)).await
+            else {
+                return;
+            };
+            let handler = Arc::new(make(stream.get_ref().1));
+            let activity = Activity::new();
+            let service = service_fn({
+                let activity = activity.clone();
+                move |request| {
+                    let (handler, activity) = (handler.clone(), activity.clone());
+                    async move { Ok::<_, Infallible>(activity.serving(handler(request)).await) }
+                }
+            });
+            let builder = limits.builder();
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                () = activity.idle_for(limits.idle_timeout) => {}
+            }
+            // Idle: HTTP/1 closes now; h2 sends GOAWAY and closes once its streams are done, which
+            // a peer that stopped reading could put off, so that too is bounded.
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(limits.header_read_timeout, connection).await;
+        });
     }
 }
 

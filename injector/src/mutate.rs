@@ -1,0 +1,245 @@
+//! From a pod to the JSON Patch that adds the proxy: a plain function the webhook and the tests
+//! call alike. It never fails: a pod it will not or cannot inject is said to be skipped, and why.
+
+use json_patch::{AddOperation, Patch, PatchOperation};
+use jsonptr::PointerBuf;
+use k8s_openapi::api::core::v1::Pod;
+
+use inflight_proto::names::{INJECTED_ANNOTATION, INJECT_LABEL, PROXY_CONTAINER, WORKLOAD_LABEL};
+
+use crate::app;
+use crate::sidecar::{self, Settings};
+use crate::workload::{self, Workload};
+
+/// What the injector does with a pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Inject {
+        patch: Patch,
+        workload: Option<Workload>,
+        warnings: Vec<String>,
+    },
+    Skip {
+        /// The metric label (`opted_out`, `already_injected`, …).
+        reason: &'static str,
+        /// Told to the user when the skip is probably not what they meant.
+        warning: Option<String>,
+    },
+}
+
+/// The Kubernetes default `terminationGracePeriodSeconds`.
+const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+pub fn mutate(pod: &Pod, settings: &Settings) -> Outcome {
+    let skip = |reason, warning: Option<String>| Outcome::Skip { reason, warning };
+    let meta = &pod.metadata;
+    let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key));
+    let label = |key: &str| meta.labels.as_ref().and_then(|l| l.get(key));
+    if annotation(INJECT_LABEL)
+        .or_else(|| label(INJECT_LABEL))
+        .is_some_and(|v| v == "disabled")
+    {
+        return skip("opted_out", None);
+    }
+    let spec = pod.spec.as_ref();
+    let has_proxy = spec.is_some_and(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+            .any(|c| c.name == PROXY_CONTAINER)
+    });
+    if annotation(INJECTED_ANNOTATION).is_some() || has_proxy {
+        return skip("already_injected", None);
+    }
+    if spec.and_then(|s| s.host_network) == Some(true) {
+        return skip(
+            "host_network",
+            Some("inflight: pod not injected: it uses hostNetwork, where the proxy's ports would be the node's".to_owned()),
+        );
+    }
+    let app = match app::of(pod) {
+        Ok(app) => app,
+        Err(no) => return skip(no.reason(), Some(no.warning())),
+    };
+    let workload = workload::of(pod);
+    let grace = spec
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(DEFAULT_GRACE_SECONDS);
+    let container = sidecar::container(settings, &app, workload.as_ref(), grace);
+    let container = serde_json::to_value(container).unwrap_or_default();
+
+    let mut ops = Vec::with_capacity(3);
+    add_entry(
+        &mut ops,
+        "annotations",
+        meta.annotations.is_some(),
+        INJECTED_ANNOTATION,
+        &settings.version,
+    );
+    if let Some(value) = workload.as_ref().and_then(Workload::label) {
+        add_entry(
+            &mut ops,
+            "labels",
+            meta.labels.is_some(),
+            WORKLOAD_LABEL,
+            &value,
+        );
+    }
+    if settings.native {
+        // First among the init containers, so it starts before them all and the app.
+        if spec.and_then(|s| s.init_containers.as_ref()).is_some() {
+            ops.push(add(&["spec", "initContainers", "0"], container));
+        } else {
+            ops.push(add(
+                &["spec", "initContainers"],
+                serde_json::Value::Array(vec![container]),
+            ));
+        }
+    } else {
+        ops.push(add(&["spec", "containers", "-"], container));
+    }
+    Outcome::Inject {
+        patch: Patch(ops),
+        workload,
+        warnings: app.warnings,
+    }
+}
+
+fn add(tokens: &[&str], value: serde_json::Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(tokens.iter().copied()),
+        value,
+    })
+}
+
+/// Sets `key` in `metadata.<map>`, creating the map when the pod has none. The key is one
+/// token of the pointer, escaped as RFC 6901 says (`/` as `~1`, `~` as `~0`).
+fn add_entry(ops: &mut Vec<PatchOperation>, map: &str, exists: bool, key: &str, value: &str) {
+    if exists {
+        ops.push(add(&["metadata", map, key], value.into()));
+    } else {
+        ops.push(add(&["metadata", map], serde_json::json!({ key: value })));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn settings(native: bool) -> Settings {
+        Settings {
+            image: "inflight-proxy:test".into(),
+            pull_policy: Some("Never".into()),
+            aggregator: vec!["inflight-aggregator-ingest.inflight:9090".into()],
+            native,
+            resources: Default::default(),
+            uid: 65532,
+            drain_period: std::time::Duration::from_secs(5),
+            version: "0.1.0".into(),
+        }
+    }
+
+    fn apply(raw: &serde_json::Value, outcome: &Outcome) -> serde_json::Value {
+        let Outcome::Inject { patch, .. } = outcome else {
+            panic!("not injected: {outcome:?}")
+        };
+        let mut doc = raw.clone();
+        json_patch::patch(&mut doc, patch).unwrap();
+        doc
+    }
+
+    #[test]
+    fn a_pod_without_annotations_or_labels_gets_both_maps() {
+        let raw = serde_json::json!({"metadata": {"name": "bare"},
+            "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 8080}]}]}});
+        let pod: Pod = serde_json::from_value(raw.clone()).unwrap();
+        let out = apply(&raw, &mutate(&pod, &settings(true)));
+        assert_eq!(out["metadata"]["annotations"][INJECTED_ANNOTATION], "0.1.0");
+        assert_eq!(out["metadata"]["labels"][WORKLOAD_LABEL], "pod.bare");
+        assert_eq!(out["spec"]["initContainers"][0]["name"], PROXY_CONTAINER);
+        assert_eq!(out["spec"]["initContainers"][0]["restartPolicy"], "Always");
+    }
+
+    #[test]
+    fn keys_with_slashes_and_tildes_are_escaped() {
+        let raw = serde_json::json!({"metadata": {"name": "p",
+                "annotations": {"a~b/c": "1"}, "labels": {"x/y": "2"}},
+            "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 80}]}],
+                     "initContainers": [{"name": "setup"}]}});
+        let pod: Pod = serde_json::from_value(raw.clone()).unwrap();
+        let outcome = mutate(&pod, &settings(true));
+        let Outcome::Inject { patch, .. } = &outcome else {
+            panic!()
+        };
+        let paths: Vec<String> = patch
+            .0
+            .iter()
+            .map(|op| match op {
+                PatchOperation::Add(a) => a.path.to_string(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(
+            paths.contains(&"/metadata/annotations/inflight.dev~1injected".to_owned()),
+            "{paths:?}"
+        );
+        let out = apply(&raw, &outcome);
+        assert_eq!(out["metadata"]["annotations"]["a~b/c"], "1");
+        assert_eq!(out["metadata"]["labels"]["x/y"], "2");
+        // First among init containers; the user's own stays, second.
+        assert_eq!(out["spec"]["initContainers"][0]["name"], PROXY_CONTAINER);
+        assert_eq!(out["spec"]["initContainers"][1]["name"], "setup");
+    }
+
+    #[test]
+    fn before_native_sidecars_the_proxy_is_a_last_container() {
+        let raw = serde_json::json!({"metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 80}]}]}});
+        let pod: Pod = serde_json::from_value(raw.clone()).unwrap();
+        let out = apply(&raw, &mutate(&pod, &settings(false)));
+        assert_eq!(out["spec"]["containers"][1]["name"], PROXY_CONTAINER);
+        assert!(out["spec"]["containers"][1].get("restartPolicy").is_none());
+        assert!(out["spec"].get("initContainers").is_none());
+    }
+
+    #[test]
+    fn injecting_the_result_again_changes_nothing() {
+        let raw = serde_json::json!({"metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 80}]}]}});
+        let pod: Pod = serde_json::from_value(raw.clone()).unwrap();
+        let once = apply(&raw, &mutate(&pod, &settings(true)));
+        let again: Pod = serde_json::from_value(once).unwrap();
+        assert_eq!(
+            mutate(&again, &settings(true)),
+            Outcome::Skip {
+                reason: "already_injected",
+                warning: None
+            }
+        );
+    }
+
+    #[test]
+    fn opted_out_and_host_network_pods_are_left_alone() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "p",
+            "annotations": {INJECT_LABEL: "disabled"}},
+            "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 80}]}]}}))
+        .unwrap();
+        assert!(matches!(
+            mutate(&pod, &settings(true)),
+            Outcome::Skip {
+                reason: "opted_out",
+                ..
+            }
+        ));
+        let pod: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "p"},
+            "spec": {"hostNetwork": true, "containers": [{"name": "app", "ports": [{"containerPort": 80}]}]}})).unwrap();
+        assert!(matches!(
+            mutate(&pod, &settings(true)),
+            Outcome::Skip {
+                reason: "host_network",
+                warning: Some(_)
+            }
+        ));
+    }
+}
