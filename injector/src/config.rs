@@ -103,7 +103,7 @@ pub struct ProxyFlags {
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct WebhookLimits {
     /// Close a connection whose TLS handshake or request head has not arrived within this long.
-    #[arg(long, env = "INFLIGHT_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
+    #[arg(id = "webhook_header_read_timeout", long = "header-read-timeout", env = "INFLIGHT_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
     pub header_read_timeout: Duration,
 
     /// Close a connection idle (no request in progress) this long.
@@ -119,7 +119,7 @@ pub struct WebhookLimits {
     pub max_body_bytes: u32,
 
     /// Connections open at once; one more is closed at once.
-    #[arg(long, env = "INFLIGHT_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(id = "webhook_max_connections", long = "max-connections", env = "INFLIGHT_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_connections: u16,
 }
 
@@ -130,5 +130,15 @@ impl From<WebhookLimits> for inflight_runtime::https::Limits {
             idle_timeout: l.idle_timeout,
             max_connections: usize::from(l.max_connections),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Config::command().debug_assert();
     }
 }

@@ -163,7 +163,12 @@ where
             else {
                 return;
             };
-            let handler = Arc::new(make(stream.get_ref().1));
+            let tls = stream.get_ref().1;
+            // The protocol is settled by ALPN: hyper-util then skips reading the first bytes to
+            // tell, a phase no timer of hyper's covers, so a client silent after the handshake
+            // meets the head deadline rather than the idle timeout.
+            let h2 = tls.alpn_protocol() == Some(b"h2");
+            let handler = Arc::new(make(tls));
             let activity = Activity::new();
             let service = service_fn({
                 let activity = activity.clone();
@@ -172,7 +177,11 @@ where
                     async move { Ok::<_, Infallible>(activity.serving(handler(request)).await) }
                 }
             });
-            let builder = limits.builder();
+            let builder = if h2 {
+                limits.builder().http2_only()
+            } else {
+                limits.builder().http1_only()
+            };
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
