@@ -9,12 +9,15 @@ use inflight_runtime::http::ConnLimits;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::drain::{Drain, Refused, TOKEN_HEADER};
 use crate::ready::AppCheck;
 use crate::report::Reporter;
 use crate::stats::{Class, Stats};
 
 #[derive(Debug)]
 pub struct Admin {
+    /// `/drain`, the app's preStop hook.
+    pub drain: Arc<Drain>,
     pub stats: Arc<Stats>,
     pub registry: Registry,
     pub reporter: Reporter,
@@ -37,7 +40,21 @@ impl Admin {
             "/readyz" => self.readyz().await,
             "/stats" => self.stats_json(),
             "/metrics" => admin::metrics(&self.registry),
-            _ => admin::not_found("/metrics, /healthz, /readyz, /stats"),
+            "/drain" => {
+                let token = request.headers().get(TOKEN_HEADER).map(|v| v.as_bytes());
+                match self.drain.call(token).await {
+                    Ok(()) => text(StatusCode::OK, "drained\n"),
+                    Err(Refused::NotEnabled) => text(
+                        StatusCode::NOT_FOUND,
+                        "/drain is not served: no --drain-token\n",
+                    ),
+                    Err(Refused::BadToken) => text(
+                        StatusCode::FORBIDDEN,
+                        "/drain needs this pod's token in X-Inflight-Drain-Token\n",
+                    ),
+                }
+            }
+            _ => admin::not_found("/metrics, /healthz, /readyz, /stats, /drain"),
         }
     }
 

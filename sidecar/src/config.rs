@@ -55,6 +55,13 @@ pub struct Config {
     #[arg(long, env = "INFLIGHT_DRAIN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Serve `GET /drain` on the admin port to callers sending this token in
+    /// the `X-Inflight-Drain-Token` header (the app's preStop hook, which the
+    /// injector adds): it drains as SIGTERM does, answers once drained, then
+    /// exits. Without it, `/drain` is not served.
+    #[arg(long, env = "INFLIGHT_DRAIN_TOKEN", hide_env_values = true)]
+    pub drain_token: Option<String>,
+
     /// Answer 504 when the app has not sent response headers within this long
     /// of the client having sent its whole request.
     #[arg(long, env = "INFLIGHT_UPSTREAM_TIMEOUT", value_parser = parse_positive_duration)]

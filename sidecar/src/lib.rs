@@ -3,14 +3,16 @@
 //! It forwards every request to the app on localhost ([`proxy`]), counts what
 //! is in flight ([`count`], [`stats`]), reports each interval to the
 //! aggregators ([`report`]) and answers the kubelet and Prometheus
-//! ([`admin`]). On SIGTERM it drains: `/readyz` turns 503 at once, serving
-//! and accepting go on for the drain period, then every client is told to go
-//! away (HTTP/2 GOAWAY, HTTP/1 `Connection: close`) and what is in flight
-//! finishes, up to a hard limit.
+//! ([`admin`]). On SIGTERM, or when the app's preStop hook calls `/drain`
+//! ([`drain`]), it drains: `/readyz` turns 503 at once, serving and accepting
+//! go on for the drain period, then every client is told to go away (HTTP/2
+//! GOAWAY, HTTP/1 `Connection: close`) and what is in flight finishes, up to
+//! a hard limit.
 
 pub mod admin;
 pub mod config;
 pub mod count;
+pub mod drain;
 pub mod metrics;
 pub mod proxy;
 pub mod ready;
@@ -89,7 +91,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tcp_keepalive: config.connections.tcp_keepalive,
         tunnel_idle_timeout: config.connections.tunnel_idle_timeout,
     };
+    let drain_switch = drain::Drain::new(config.drain_token.clone());
     let admin = Arc::new(admin::Admin {
+        drain: drain_switch.clone(),
         stats: stats.clone(),
         registry,
         reporter: reporter.clone(),
@@ -149,7 +153,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         stop_rx,
     ));
 
-    shutdown.await;
+    let why = tokio::select! {
+        () = shutdown => "SIGTERM",
+        () = drain_switch.requested() => "preStop hook (/drain)",
+    };
+    drain_switch.begun();
     let started = Instant::now();
     if let Ok(mut s) = drain_started.lock() {
         *s = Some(started);
@@ -158,7 +166,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!(
         in_flight = stats.in_flight(),
         drain_period = ?config.drain_period,
-        "SIGTERM: draining"
+        "{why}: draining"
     );
     drain(started, config.drain_period, config.drain_timeout).await;
     let _ = stop_tx.send(true);
@@ -176,6 +184,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         );
     }
     reporter.flush(Duration::from_millis(500)).await;
+    drain_switch.finished(Duration::from_secs(1)).await;
     tracing::info!(
         requests = stats.requests_total(),
         in_flight = stats.in_flight(),

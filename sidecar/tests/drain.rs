@@ -281,3 +281,101 @@ async fn a_connection_that_never_sent_a_byte_does_not_hold_up_the_drain() {
     assert!(status.success(), "exit status {status:?}");
     drop(silent);
 }
+
+/// `GET /drain` with a token, as the app container's preStop hook sends it.
+async fn drain_call(proxy: &Proxy, token: Option<&str>) -> (u16, String) {
+    let mut request = Request::get(format!("http://{}/drain", proxy.admin));
+    if let Some(token) = token {
+        request = request.header("x-inflight-drain-token", token);
+    }
+    let response = http1_client()
+        .request(request.body(full("")).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn the_prestop_drain_call_answers_once_nothing_is_in_flight_and_the_proxy_then_exits() {
+    let app = App::start(|r: Request<hyper::body::Incoming>| async move {
+        let ms = if r.uri().path() == "/slow" { 1500 } else { 0 };
+        slow_ok(Duration::from_millis(ms)).await
+    })
+    .await;
+    let mut proxy = Proxy::start(
+        app.addr,
+        &["--drain-token", "pod-token", "--drain-period", "300ms"],
+    )
+    .await;
+
+    // Without the token, or with another, nothing drains.
+    assert_eq!(drain_call(&proxy, None).await.0, 403);
+    assert_eq!(drain_call(&proxy, Some("guess")).await.0, 403);
+    assert_eq!(get(proxy.admin, "/readyz").await.unwrap().0, 200);
+
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let uri = format!("http://{}/slow", proxy.addr);
+            tokio::spawn(async move {
+                let r = http1_client()
+                    .request(Request::get(uri).body(full("")).unwrap())
+                    .await?;
+                let status = r.status();
+                r.into_body().collect().await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(status)
+            })
+        })
+        .collect();
+    proxy
+        .wait_stats(Duration::from_secs(5), |s| {
+            s["in_flight"].as_u64() >= Some(4)
+        })
+        .await;
+    let call = tokio::spawn({
+        let admin = proxy.admin;
+        async move {
+            let response = http1_client()
+                .request(
+                    Request::get(format!("http://{admin}/drain"))
+                        .header("x-inflight-drain-token", "pod-token")
+                        .body(full(""))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            response.status().as_u16()
+        }
+    });
+    // Draining at once, and still serving.
+    let mut readyz = 0;
+    for _ in 0..100 {
+        readyz = get(proxy.admin, "/readyz").await.map_or(0, |r| r.0);
+        if readyz == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(readyz, 503);
+
+    // The answer comes once the drain is over, and no request in flight was cut: the proxy
+    // exits right after answering, so one still in flight then would have failed.
+    assert_eq!(call.await.unwrap(), 200);
+    for s in slow {
+        assert_eq!(s.await.unwrap().unwrap(), 200);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait())
+        .await
+        .expect("the proxy exits after the drain")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn without_a_drain_token_there_is_no_drain_endpoint() {
+    let app = App::start(|_r| slow_ok(Duration::ZERO)).await;
+    let proxy = Proxy::start(app.addr, &[]).await;
+    assert_eq!(drain_call(&proxy, Some("anything")).await.0, 404);
+    assert_eq!(get(proxy.admin, "/readyz").await.unwrap().0, 200);
+}

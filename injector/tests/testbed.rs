@@ -1,0 +1,442 @@
+//! On the test bed: the real API server calls the real injector through a
+//! MutatingWebhookConfiguration with its caBundle. Pods of a labelled namespace run the proxy as a
+//! native sidecar, are Ready only when their app is, serve through port 15080 and report to an
+//! aggregator under their Deployment; other namespaces are untouched; with the injector down, pods
+//! are still created.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use clap::Parser as _;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use inflight_proto::externalscaler::external_scaler_client::ExternalScalerClient;
+use inflight_proto::externalscaler::{GetMetricsRequest, ScaledObjectRef};
+use inflight_testbed::images::image_ref;
+use inflight_testbed::TestBed;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+
+use common::free_port;
+
+/// Polls `check` every 250 ms until it returns Some, or panics naming `what` after `secs`.
+async fn eventually<T, F, Fut>(what: &str, secs: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn apply(tb: &TestBed, manifest: &serde_json::Value) {
+    let path = std::env::temp_dir().join(format!(
+        "inflight-injector-test-{}-{}.json",
+        tb.namespace(),
+        free_port()
+    ));
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    let result = tb.kubectl(&["apply", "-f", &path.display().to_string()]);
+    let _ = std::fs::remove_file(&path);
+    result.unwrap();
+}
+
+/// The real injector binary on the host end of the bed's network, with a serving certificate of
+/// the cluster CA for that address; `auto` reads the cluster's version for native sidecars.
+struct Injector {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Injector {
+    fn start(tb: &TestBed, aggregator: &str) -> Self {
+        let host = tb.layout().host_ip();
+        let dir = std::env::temp_dir().join(format!("inflight-injector-bed-{}", tb.namespace()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) =
+            inflight_testbed::pki::serving_cert(tb.layout(), &[host.to_string()]).unwrap();
+        std::fs::write(dir.join("tls.crt"), cert).unwrap();
+        std::fs::write(dir.join("tls.key"), key).unwrap();
+        for _ in 0..3 {
+            let addr = SocketAddr::from((host, free_port()));
+            let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let mut child = Command::new(env!("CARGO_BIN_EXE_inflight-injector"))
+                .args([
+                    "--listen",
+                    &addr.to_string(),
+                    "--admin-listen",
+                    &admin.to_string(),
+                ])
+                .arg("--tls-cert")
+                .arg(dir.join("tls.crt"))
+                .arg("--tls-key")
+                .arg(dir.join("tls.key"))
+                .args(["--proxy-image", &image_ref("inflight-proxy")])
+                .args([
+                    "--proxy-image-pull-policy",
+                    "Never",
+                    "--aggregator",
+                    aggregator,
+                ])
+                .env("KUBECONFIG", tb.kubeconfig())
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap();
+            let until = Instant::now() + Duration::from_secs(120);
+            while child.try_wait().unwrap().is_none() {
+                if std::net::TcpStream::connect(addr).is_ok() {
+                    return Self { child, addr };
+                }
+                assert!(Instant::now() < until, "inflight-injector did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("inflight-injector exited at start three times");
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Injector {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The webhook configuration as the chart writes it, with one more term in its namespace
+/// selector so that each test's webhook sees only its own namespaces on the shared bed.
+fn webhook_configuration(tb: &TestBed, url: &str) -> serde_json::Value {
+    let ns = tb.namespace();
+    let ca = std::fs::read(tb.layout().pki().join("ca.crt")).unwrap();
+    serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": format!("inflight-injector-{ns}")},
+        "webhooks": [{
+            "name": "inject.inflight.dev",
+            "admissionReviewVersions": ["v1"],
+            "clientConfig": {"url": url, "caBundle": base64::engine::general_purpose::STANDARD.encode(ca)},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchLabels": {"inflight.dev/inject": "enabled", "inflight.dev/webhook-test": ns}},
+            "failurePolicy": "Ignore",
+            "sideEffects": "None",
+            "timeoutSeconds": 5,
+            "reinvocationPolicy": "IfNeeded"
+        }]
+    })
+}
+
+fn label_namespace(tb: &TestBed, ns: &str) {
+    tb.kubectl(&[
+        "label",
+        "namespace",
+        ns,
+        "inflight.dev/inject=enabled",
+        &format!("inflight.dev/webhook-test={}", tb.namespace()),
+        "--overwrite",
+    ])
+    .unwrap();
+}
+
+fn delete_webhook(tb: &TestBed) {
+    let _ = tb.kubectl(&[
+        "delete",
+        "mutatingwebhookconfiguration",
+        &format!("inflight-injector-{}", tb.namespace()),
+        "--ignore-not-found",
+    ]);
+}
+
+fn demo_deployment(name: &str, replicas: i32, ready_path: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"terminationGracePeriodSeconds": 30, "containers": [{
+                    "name": "app",
+                    "image": image_ref("inflight-demo-app"),
+                    "imagePullPolicy": "Never",
+                    "args": ["serve", "--listen", "0.0.0.0:8080", "--latency", "5ms"],
+                    "ports": [{"containerPort": 8080, "name": "http"}],
+                    "readinessProbe": {"httpGet": {"path": ready_path, "port": "http"}, "periodSeconds": 1},
+                    "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}}
+                }]}
+            }
+        }
+    })
+}
+
+async fn pods(tb: &TestBed, ns: &str, app: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(tb.client(), ns)
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .unwrap()
+        .items
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The status of the pod's `inflight-proxy` (an init container status when native).
+fn proxy_status(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
+    let status = pod.status.as_ref()?;
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find(|c| c.name == "inflight-proxy")
+        .cloned()
+}
+
+async fn get(url: &str) -> Option<(u16, String)> {
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let response = tokio::time::timeout(Duration::from_secs(10), client.get(url.parse().ok()?))
+        .await
+        .ok()?
+        .ok()?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// An aggregator in this process, on the host end of the bed's network, where the sidecars report.
+async fn aggregator(tb: &TestBed) -> SocketAddr {
+    let grpc = SocketAddr::from((tb.layout().host_ip(), free_port()));
+    let config = inflight_aggregator::Config::parse_from([
+        "inflight-aggregator",
+        "--grpc-listen",
+        &grpc.to_string(),
+        "--smi-listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--admin-listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--warm-up",
+        "1s",
+    ]);
+    tokio::spawn(inflight_aggregator::run(config, std::future::pending()));
+    eventually("the aggregator to listen", 60, || async {
+        tokio::net::TcpStream::connect(grpc).await.ok().map(|_| ())
+    })
+    .await;
+    grpc
+}
+
+async fn concurrency(grpc: SocketAddr, ns: &str, workload: &str) -> Result<f64, tonic::Status> {
+    let mut scaler = ExternalScalerClient::connect(format!("http://{grpc}"))
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let reference = ScaledObjectRef {
+        name: "web".into(),
+        namespace: ns.into(),
+        scaler_metadata: HashMap::from([
+            ("workload".to_owned(), workload.to_owned()),
+            ("target".to_owned(), "1".to_owned()),
+            ("window".to_owned(), "6s".to_owned()),
+        ]),
+    };
+    let answer = scaler
+        .get_metrics(GetMetricsRequest {
+            scaled_object_ref: Some(reference),
+            metric_name: "concurrency".into(),
+        })
+        .await?
+        .into_inner();
+    Ok(answer
+        .metric_values
+        .first()
+        .map_or(0.0, |m| m.metric_value_float))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed (root; see README: cargo test -- --ignored)"]
+async fn testbed_a_labelled_namespaces_pods_run_the_proxy_as_a_native_sidecar_and_serve_through_it()
+{
+    let tb = TestBed::shared().await.unwrap();
+    let ns = tb.namespace().to_owned();
+    let grpc = aggregator(&tb).await;
+    let injector = Injector::start(&tb, &format!("http://{grpc}"));
+    apply(
+        &tb,
+        &webhook_configuration(&tb, &format!("https://{}/mutate", injector.addr)),
+    );
+    label_namespace(&tb, &ns);
+    apply(&tb, &demo_deployment("web", 2, "/healthz"));
+    // An app that never passes its readiness check: its proxy must not be Ready either.
+    apply(&tb, &demo_deployment("sick", 1, "/status/503"));
+
+    let web = eventually("two Ready pods of web", 240, || async {
+        let pods = pods(&tb, &ns, "web").await;
+        (pods.len() == 2 && pods.iter().all(is_ready)).then_some(pods)
+    })
+    .await;
+    for pod in &web {
+        let spec = pod.spec.as_ref().unwrap();
+        let proxy = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(proxy.name, "inflight-proxy");
+        assert_eq!(
+            proxy.restart_policy.as_deref(),
+            Some("Always"),
+            "a native sidecar"
+        );
+        let labels = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["inflight.dev/workload"], "deployment.web");
+        assert!(pod
+            .metadata
+            .annotations
+            .as_ref()
+            .unwrap()
+            .contains_key("inflight.dev/injected"));
+        let env: HashMap<_, _> = proxy
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.clone()))
+            .collect();
+        assert_eq!(env["INFLIGHT_WORKLOAD"].as_deref(), Some("deployment/web"));
+        assert_eq!(env["INFLIGHT_APP_READY_PATH"].as_deref(), Some("/healthz"));
+        let status = proxy_status(pod).unwrap();
+        assert!(status.ready, "{status:?}");
+    }
+
+    // The sick pod: the app runs, the proxy started (its startup probe checks the proxy alone)
+    // but is not Ready, because its /readyz repeats the app's failing check.
+    let sick = eventually("the sick pod's proxy to be started", 240, || async {
+        let pods = pods(&tb, &ns, "sick").await;
+        let pod = pods.into_iter().next()?;
+        let proxy = proxy_status(&pod)?;
+        proxy.started.unwrap_or(false).then_some(pod)
+    })
+    .await;
+    let sick_ip = sick.status.as_ref().unwrap().pod_ip.clone().unwrap();
+    let (status, body) = eventually("the sick proxy's /readyz", 60, || async {
+        get(&format!("http://{sick_ip}:15090/readyz")).await
+    })
+    .await;
+    assert_eq!(status, 503, "{body}");
+    let sick = pods(&tb, &ns, "sick").await.remove(0);
+    assert!(!is_ready(&sick));
+    assert!(!proxy_status(&sick).unwrap().ready);
+
+    // Through each pod's port 15080 to its app, counted by its proxy.
+    for pod in &web {
+        let ip = pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
+        let (status, _) = get(&format!("http://{ip}:15080/")).await.unwrap();
+        assert_eq!(status, 200);
+        let (_, stats) = get(&format!("http://{ip}:15090/stats")).await.unwrap();
+        let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        assert!(stats["requests_total"].as_u64().unwrap() >= 1, "{stats}");
+    }
+
+    // Reports reach the aggregator under deployment/web: requests held open in both pods show
+    // as concurrency there, and nothing under another name.
+    let ips: Vec<String> = web
+        .iter()
+        .map(|p| p.status.as_ref().unwrap().pod_ip.clone().unwrap())
+        .collect();
+    let load: Vec<_> = (0..4)
+        .map(|i| {
+            let url = format!("http://{}:15080/sleep/20000", ips[i % 2]);
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    let seen = eventually(
+        "concurrency of deployment/web at the aggregator",
+        60,
+        || async {
+            concurrency(grpc, &ns, "deployment/web")
+                .await
+                .ok()
+                .filter(|c| *c >= 1.0)
+        },
+    )
+    .await;
+    assert!(seen >= 1.0);
+    let other = concurrency(grpc, &ns, "deployment/sick")
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(other, 0.0, "nothing is in flight in sick");
+    for l in load {
+        l.abort();
+    }
+
+    // A namespace without the label: its pods are not touched.
+    let plain = format!("{ns}-plain");
+    tb.kubectl(&["create", "namespace", &plain]).unwrap();
+    tb.kubectl(&["label", "namespace", &plain, "inflight.dev/test=true"])
+        .unwrap();
+    let manifest = demo_deployment("web", 1, "/healthz");
+    let path = std::env::temp_dir().join(format!("inflight-injector-plain-{ns}.json"));
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    tb.kubectl(&["apply", "-n", &plain, "-f", &path.display().to_string()])
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let untouched = eventually("a pod in the unlabelled namespace", 120, || async {
+        pods(&tb, &plain, "web").await.into_iter().next()
+    })
+    .await;
+    let spec = untouched.spec.as_ref().unwrap();
+    assert!(spec.init_containers.is_none(), "{spec:?}");
+    assert_eq!(spec.containers.len(), 1);
+    assert!(untouched
+        .metadata
+        .annotations
+        .as_ref()
+        .is_none_or(|a| !a.contains_key("inflight.dev/injected")));
+
+    delete_webhook(&tb);
+    let _ = tb.kubectl(&["delete", "namespace", &plain, "--wait=false"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed (root; see README: cargo test -- --ignored)"]
+async fn testbed_with_the_injector_stopped_pods_are_still_created() {
+    let tb = TestBed::shared().await.unwrap();
+    let ns = tb.namespace().to_owned();
+    let mut injector = Injector::start(&tb, "http://127.0.0.1:9");
+    let url = format!("https://{}/mutate", injector.addr);
+    apply(&tb, &webhook_configuration(&tb, &url));
+    label_namespace(&tb, &ns);
+    injector.stop();
+    // failurePolicy: Ignore: the API server cannot reach the webhook and admits the pods as they are.
+    apply(&tb, &demo_deployment("web", 2, "/healthz"));
+    let created = eventually("two Ready pods of web", 240, || async {
+        let pods = pods(&tb, &ns, "web").await;
+        (pods.len() == 2 && pods.iter().all(is_ready)).then_some(pods)
+    })
+    .await;
+    for pod in created {
+        assert!(pod.spec.as_ref().unwrap().init_containers.is_none());
+    }
+    delete_webhook(&tb);
+}
