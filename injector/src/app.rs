@@ -11,6 +11,8 @@ use inflight_proto::names::{PORT_ANNOTATION, PROXY_ADMIN_PORT, PROXY_PORT};
 pub struct App {
     /// The port the proxy forwards to, on 127.0.0.1.
     pub port: u16,
+    /// The index of the container serving it (the first, when none declares it).
+    pub container: usize,
     pub ready: ReadyCheck,
     /// Seconds the check may take: the probe's `timeoutSeconds` (the kubelet's default, 1).
     pub ready_timeout: i32,
@@ -136,6 +138,7 @@ pub fn of(pod: &Pod) -> Result<App, NoApp> {
         .unwrap_or(1);
     Ok(App {
         port,
+        container: owner,
         ready,
         ready_timeout,
         warnings,

@@ -65,7 +65,21 @@ pub fn mutate(pod: &Pod, settings: &Settings) -> Outcome {
     let grace = spec
         .and_then(|s| s.termination_grace_period_seconds)
         .unwrap_or(DEFAULT_GRACE_SECONDS);
-    let container = sidecar::container(settings, &app, workload.as_ref(), grace);
+    // The app's own preStop hook stays; then the proxy drains only at its SIGTERM, after the
+    // app has exited, and keep-alive callers may meet a closed app in between.
+    let app_container = spec.and_then(|s| s.containers.get(app.container));
+    let lifecycle = app_container.and_then(|c| c.lifecycle.as_ref());
+    let mut warnings = app.warnings.clone();
+    let token = if lifecycle.is_some_and(|l| l.pre_stop.is_some()) {
+        warnings.push(format!(
+            "inflight: container {:?} has a preStop hook of its own, so the proxy cannot drain before it stops; callers may see errors while the pod shuts down",
+            app_container.map_or("", |c| c.name.as_str())
+        ));
+        None
+    } else {
+        Some(settings.tokens.next())
+    };
+    let container = sidecar::container(settings, &app, workload.as_ref(), grace, token.as_deref());
     let container = serde_json::to_value(container).unwrap_or_default();
 
     let mut ops = Vec::with_capacity(3);
@@ -98,10 +112,25 @@ pub fn mutate(pod: &Pod, settings: &Settings) -> Outcome {
     } else {
         ops.push(add(&["spec", "containers", "-"], container));
     }
+    if let Some(token) = &token {
+        let index = app.container.to_string();
+        let hook = serde_json::to_value(sidecar::pre_stop(token)).unwrap_or_default();
+        if lifecycle.is_some() {
+            ops.push(add(
+                &["spec", "containers", &index, "lifecycle", "preStop"],
+                hook,
+            ));
+        } else {
+            ops.push(add(
+                &["spec", "containers", &index, "lifecycle"],
+                serde_json::json!({ "preStop": hook }),
+            ));
+        }
+    }
     Outcome::Inject {
         patch: Patch(ops),
         workload,
-        warnings: app.warnings,
+        warnings,
     }
 }
 
@@ -137,6 +166,7 @@ mod tests {
             uid: 65532,
             drain_period: std::time::Duration::from_secs(5),
             version: "0.1.0".into(),
+            tokens: sidecar::Tokens::Fixed("t0ken".into()),
         }
     }
 
@@ -159,6 +189,50 @@ mod tests {
         assert_eq!(out["metadata"]["labels"][WORKLOAD_LABEL], "pod.bare");
         assert_eq!(out["spec"]["initContainers"][0]["name"], PROXY_CONTAINER);
         assert_eq!(out["spec"]["initContainers"][0]["restartPolicy"], "Always");
+        // The app drains the proxy before it is stopped, with the token the proxy was given.
+        let hook = &out["spec"]["containers"][0]["lifecycle"]["preStop"]["httpGet"];
+        assert_eq!(hook["path"], "/drain");
+        assert_eq!(hook["port"], 15090);
+        assert_eq!(hook["httpHeaders"][0]["value"], "t0ken");
+        let env = out["spec"]["initContainers"][0]["env"].as_array().unwrap();
+        assert!(env
+            .iter()
+            .any(|e| e["name"] == "INFLIGHT_DRAIN_TOKEN" && e["value"] == "t0ken"));
+    }
+
+    #[test]
+    fn an_apps_own_prestop_hook_is_kept_and_the_user_warned() {
+        let raw = serde_json::json!({"metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 80}],
+                "lifecycle": {"preStop": {"sleep": {"seconds": 5}}, "postStart": {"sleep": {"seconds": 1}}}}]}});
+        let pod: Pod = serde_json::from_value(raw.clone()).unwrap();
+        let outcome = mutate(&pod, &settings(true));
+        let Outcome::Inject { warnings, .. } = &outcome else {
+            panic!()
+        };
+        assert!(
+            warnings.iter().any(|w| w.contains("preStop")),
+            "{warnings:?}"
+        );
+        let out = apply(&raw, &outcome);
+        assert_eq!(
+            out["spec"]["containers"][0]["lifecycle"],
+            raw["spec"]["containers"][0]["lifecycle"]
+        );
+        let env = out["spec"]["initContainers"][0]["env"].as_array().unwrap();
+        assert!(!env.iter().any(|e| e["name"] == "INFLIGHT_DRAIN_TOKEN"));
+    }
+
+    #[test]
+    fn a_lifecycle_without_prestop_gets_the_hook_beside_what_it_has() {
+        let raw = serde_json::json!({"metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 80}],
+                "lifecycle": {"postStart": {"sleep": {"seconds": 1}}}}]}});
+        let pod: Pod = serde_json::from_value(raw.clone()).unwrap();
+        let out = apply(&raw, &mutate(&pod, &settings(true)));
+        let lifecycle = &out["spec"]["containers"][0]["lifecycle"];
+        assert_eq!(lifecycle["postStart"]["sleep"]["seconds"], 1);
+        assert_eq!(lifecycle["preStop"]["httpGet"]["path"], "/drain");
     }
 
     #[test]

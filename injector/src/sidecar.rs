@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, HTTPHeader,
+    LifecycleHandler, ObjectFieldSelector, Probe, ResourceRequirements, SeccompProfile,
+    SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -31,6 +32,39 @@ pub struct Settings {
     pub drain_period: Duration,
     /// The value of `inflight.dev/injected`.
     pub version: String,
+    pub tokens: Tokens,
+}
+
+/// Where each pod's drain token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tokens {
+    /// 128 random bits from the system's generator: the real thing.
+    Random,
+    /// Always this one: for golden fixtures, which must not change from run to run.
+    Fixed(String),
+}
+
+impl Tokens {
+    pub fn next(&self) -> String {
+        match self {
+            Self::Fixed(token) => token.clone(),
+            Self::Random => {
+                use ring::rand::SecureRandom as _;
+                let mut bytes = [0u8; 16];
+                // The system's generator does not fail on Linux once booted; if it ever did,
+                // a token the hook alone knows would still be needed, so fall back to the clock
+                // and the address of a local (better than nothing, and logged).
+                if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+                    tracing::error!("no random bytes from the system: drain token from the clock");
+                    let nanos = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos());
+                    bytes = nanos.to_le_bytes();
+                }
+                bytes.iter().map(|b| format!("{b:02x}")).collect()
+            }
+        }
+    }
 }
 
 impl Settings {
@@ -61,6 +95,7 @@ impl Settings {
             uid: flags.proxy_uid,
             drain_period: flags.proxy_drain_period,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            tokens: Tokens::Random,
         }
     }
 }
@@ -112,12 +147,14 @@ fn admin_get(path: &str, period: i32, timeout: i32, failures: i32) -> Probe {
     }
 }
 
-/// The proxy container for a pod with `app`, of `workload`, whose grace period is `grace`.
+/// The proxy container for a pod with `app`, of `workload`, whose grace period is `grace`;
+/// `drain_token`, when the app's preStop hook calls `/drain`.
 pub fn container(
     settings: &Settings,
     app: &App,
     workload: Option<&Workload>,
     grace_seconds: i64,
+    drain_token: Option<&str>,
 ) -> Container {
     let mut vars = vec![
         field("POD_NAME", "metadata.name"),
@@ -151,6 +188,9 @@ pub fn container(
         "INFLIGHT_DRAIN_TIMEOUT",
         humantime::format_duration(limit).to_string(),
     ));
+    if let Some(token) = drain_token {
+        vars.push(env("INFLIGHT_DRAIN_TOKEN", token));
+    }
 
     let port = |number: u16, name: &str| ContainerPort {
         container_port: i32::from(number),
@@ -197,9 +237,34 @@ pub fn container(
     }
 }
 
+/// The app container's preStop hook: the proxy drains (and answers once nothing is in flight)
+/// before the kubelet sends the app its SIGTERM.
+pub fn pre_stop(token: &str) -> LifecycleHandler {
+    LifecycleHandler {
+        http_get: Some(HTTPGetAction {
+            path: Some("/drain".to_owned()),
+            port: IntOrString::Int(i32::from(PROXY_ADMIN_PORT)),
+            http_headers: Some(vec![HTTPHeader {
+                name: "X-Inflight-Drain-Token".to_owned(),
+                value: token.to_owned(),
+            }]),
+            ..HTTPGetAction::default()
+        }),
+        ..LifecycleHandler::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_tokens_differ_and_are_128_bits_of_hex() {
+        let (a, b) = (Tokens::Random.next(), Tokens::Random.next());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+    }
 
     #[test]
     fn the_drain_fits_inside_the_grace_period() {
