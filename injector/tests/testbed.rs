@@ -2,7 +2,8 @@
 //! MutatingWebhookConfiguration with its caBundle. Pods of a labelled namespace run the proxy as a
 //! native sidecar, are Ready only when their app is, serve through port 15080 and report to an
 //! aggregator under their Deployment; other namespaces are untouched; with the injector down, pods
-//! are still created.
+//! are still created; a pod deleted under load, and a rolling update under load, lose no request
+//! (the app's preStop hook drains its proxy before the app is stopped).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -10,6 +11,8 @@ mod common;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -67,7 +70,7 @@ struct Injector {
 }
 
 impl Injector {
-    fn start(tb: &TestBed, aggregator: &str) -> Self {
+    fn start(tb: &TestBed, aggregator: Option<&str>) -> Self {
         let host = tb.layout().host_ip();
         let dir = std::env::temp_dir().join(format!("inflight-injector-bed-{}", tb.namespace()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -90,12 +93,13 @@ impl Injector {
                 .arg("--tls-key")
                 .arg(dir.join("tls.key"))
                 .args(["--proxy-image", &image_ref("inflight-proxy")])
-                .args([
-                    "--proxy-image-pull-policy",
-                    "Never",
-                    "--aggregator",
-                    aggregator,
-                ])
+                .args(["--proxy-image-pull-policy", "Never"])
+                .args(
+                    aggregator
+                        .map(|a| ["--aggregator", a])
+                        .into_iter()
+                        .flatten(),
+                )
                 .env("KUBECONFIG", tb.kubeconfig())
                 .env("RUST_LOG", "info")
                 .stdin(Stdio::null())
@@ -285,7 +289,7 @@ async fn testbed_a_labelled_namespaces_pods_run_the_proxy_as_a_native_sidecar_an
     let tb = TestBed::shared().await.unwrap();
     let ns = tb.namespace().to_owned();
     let grpc = aggregator(&tb).await;
-    let injector = Injector::start(&tb, &format!("http://{grpc}"));
+    let injector = Injector::start(&tb, Some(&format!("http://{grpc}")));
     apply(
         &tb,
         &webhook_configuration(&tb, &format!("https://{}/mutate", injector.addr)),
@@ -423,7 +427,7 @@ async fn testbed_a_labelled_namespaces_pods_run_the_proxy_as_a_native_sidecar_an
 async fn testbed_with_the_injector_stopped_pods_are_still_created() {
     let tb = TestBed::shared().await.unwrap();
     let ns = tb.namespace().to_owned();
-    let mut injector = Injector::start(&tb, "http://127.0.0.1:9");
+    let mut injector = Injector::start(&tb, None);
     let url = format!("https://{}/mutate", injector.addr);
     apply(&tb, &webhook_configuration(&tb, &url));
     label_namespace(&tb, &ns);
@@ -438,5 +442,174 @@ async fn testbed_with_the_injector_stopped_pods_are_still_created() {
     for pod in created {
         assert!(pod.spec.as_ref().unwrap().init_containers.is_none());
     }
+    delete_webhook(&tb);
+}
+
+/// Keep-alive clients in a loop through a Service to the pods' port 15080, as callers in the
+/// cluster would; every failure (an error or a status other than 200) is kept.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<Mutex<Vec<String>>>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: String, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed, url) =
+                    (stop.clone(), ok.clone(), failed.clone(), url.clone());
+                tokio::spawn(async move {
+                    let client: Client<HttpConnector, Empty<Bytes>> =
+                        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+                    let uri: hyper::Uri = url.parse().unwrap();
+                    while !stop.load(Ordering::Relaxed) {
+                        match client.get(uri.clone()).await {
+                            Ok(r) => {
+                                let status = r.status();
+                                let body = r.into_body().collect().await;
+                                if status == 200 && body.is_ok() {
+                                    ok.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    failed.lock().unwrap().push(format!("{status} {body:?}"));
+                                }
+                            }
+                            Err(e) => failed.lock().unwrap().push(format!("{e:?}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            failed,
+            clients,
+        }
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `more` requests have succeeded from now.
+    async fn served(&self, more: u64, what: &str) {
+        let from = self.ok();
+        eventually(what, 120, || async {
+            (self.ok() >= from + more).then_some(())
+        })
+        .await;
+    }
+
+    async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.clients {
+            let _ = c.await;
+        }
+        let failed = self.failed.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), failed)
+    }
+}
+
+/// An injected Deployment `web` of `replicas` behind a Service `web` whose port 80 is the pods'
+/// port 15080 (through their sidecars), with load running on it.
+async fn web_under_load(tb: &TestBed, replicas: i32) -> (Injector, Load) {
+    let ns = tb.namespace().to_owned();
+    let injector = Injector::start(tb, None);
+    apply(
+        tb,
+        &webhook_configuration(tb, &format!("https://{}/mutate", injector.addr)),
+    );
+    label_namespace(tb, &ns);
+    let mut deployment = demo_deployment("web", replicas, "/healthz");
+    deployment["spec"]["strategy"] = serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}});
+    apply(tb, &deployment);
+    apply(
+        tb,
+        &serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 15080}]}}),
+    );
+    eventually("all pods of web Ready", 240, || async {
+        let pods = pods(tb, &ns, "web").await;
+        (pods.len() == replicas as usize && pods.iter().all(is_ready)).then_some(())
+    })
+    .await;
+    let ip = tb
+        .kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"])
+        .unwrap();
+    let load = Load::start(format!("http://{ip}/"), 6);
+    load.served(200, "load flowing through the Service").await;
+    (injector, load)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed (root; see README: cargo test -- --ignored)"]
+async fn testbed_deleting_a_pod_under_load_through_its_sidecar_cuts_no_request() {
+    let tb = TestBed::shared().await.unwrap();
+    let ns = tb.namespace().to_owned();
+    let (_injector, load) = web_under_load(&tb, 3).await;
+    let victim = pods(&tb, &ns, "web").await.remove(0);
+    let name = victim.metadata.name.clone().unwrap();
+    tb.kubectl(&["delete", "pod", &name, "--wait=false"])
+        .unwrap();
+    // Its proxy drains (the app's preStop hook), then the app stops, then the proxy: the pod is
+    // gone once all of it is done.
+    let api = Api::<Pod>::namespaced(tb.client(), &ns);
+    eventually("the deleted pod to be gone", 120, || async {
+        api.get_opt(&name).await.unwrap().is_none().then_some(())
+    })
+    .await;
+    load.served(200, "load after the pod is gone").await;
+    let (ok, failed) = load.stop().await;
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        ok + failed.len() as u64
+    );
+    delete_webhook(&tb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed (root; see README: cargo test -- --ignored)"]
+async fn testbed_a_rolling_update_under_load_through_the_sidecars_loses_no_request() {
+    let tb = TestBed::shared().await.unwrap();
+    let (_injector, load) = web_under_load(&tb, 2).await;
+    tb.kubectl(&["set", "env", "deployment/web", "ROLLOUT=2"])
+        .unwrap();
+    tb.kubectl(&["rollout", "status", "deployment/web", "--timeout=300s"])
+        .unwrap();
+    // Every pod is a new one, injected too.
+    let ns = tb.namespace().to_owned();
+    eventually("only new pods left", 120, || async {
+        let pods = pods(&tb, &ns, "web").await;
+        let new = |p: &Pod| {
+            p.spec.as_ref().is_some_and(|s| {
+                s.containers[0]
+                    .env
+                    .iter()
+                    .flatten()
+                    .any(|e| e.name == "ROLLOUT")
+                    && s.init_containers
+                        .iter()
+                        .flatten()
+                        .any(|c| c.name == "inflight-proxy")
+            })
+        };
+        (pods.len() == 2 && pods.iter().all(new)).then_some(())
+    })
+    .await;
+    load.served(200, "load after the rollout").await;
+    let (ok, failed) = load.stop().await;
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        ok + failed.len() as u64
+    );
     delete_webhook(&tb);
 }
