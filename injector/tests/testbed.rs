@@ -10,10 +10,9 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use clap::Parser as _;
@@ -29,104 +28,36 @@ use inflight_testbed::TestBed;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 
-use common::free_port;
-
-/// Polls `check` every 250 ms until it returns Some, or panics naming `what` after `secs`.
-async fn eventually<T, F, Fut>(what: &str, secs: u64, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let until = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < until,
-            "timed out after {secs}s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn apply(tb: &TestBed, manifest: &serde_json::Value) {
-    let path = std::env::temp_dir().join(format!(
-        "inflight-injector-test-{}-{}.json",
-        tb.namespace(),
-        free_port()
-    ));
-    std::fs::write(&path, manifest.to_string()).unwrap();
-    let result = tb.kubectl(&["apply", "-f", &path.display().to_string()]);
-    let _ = std::fs::remove_file(&path);
-    result.unwrap();
-}
+use common::{free_port, Injector};
+use inflight_testbed::eventually;
 
 /// The real injector binary on the host end of the bed's network, with a serving certificate of
 /// the cluster CA for that address; `auto` reads the cluster's version for native sidecars.
-struct Injector {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Injector {
-    fn start(tb: &TestBed, aggregator: Option<&str>) -> Self {
-        let host = tb.layout().host_ip();
-        let dir = std::env::temp_dir().join(format!("inflight-injector-bed-{}", tb.namespace()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (cert, key) =
-            inflight_testbed::pki::serving_cert(tb.layout(), &[host.to_string()]).unwrap();
-        std::fs::write(dir.join("tls.crt"), cert).unwrap();
-        std::fs::write(dir.join("tls.key"), key).unwrap();
-        for _ in 0..3 {
-            let addr = SocketAddr::from((host, free_port()));
-            let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let mut child = Command::new(env!("CARGO_BIN_EXE_inflight-injector"))
-                .args([
-                    "--listen",
-                    &addr.to_string(),
-                    "--admin-listen",
-                    &admin.to_string(),
-                ])
-                .arg("--tls-cert")
-                .arg(dir.join("tls.crt"))
-                .arg("--tls-key")
-                .arg(dir.join("tls.key"))
-                .args(["--proxy-image", &image_ref("inflight-proxy")])
-                .args(["--proxy-image-pull-policy", "Never"])
-                .args(
-                    aggregator
-                        .map(|a| ["--aggregator", a])
-                        .into_iter()
-                        .flatten(),
-                )
-                .env("KUBECONFIG", tb.kubeconfig())
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .spawn()
-                .unwrap();
-            let until = Instant::now() + Duration::from_secs(120);
-            while child.try_wait().unwrap().is_none() {
-                if std::net::TcpStream::connect(addr).is_ok() {
-                    return Self { child, addr };
-                }
-                assert!(Instant::now() < until, "inflight-injector did not start");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        panic!("inflight-injector exited at start three times");
+fn start_injector(tb: &TestBed, aggregator: Option<&str>) -> Injector {
+    let host = tb.layout().host_ip();
+    let dir = std::env::temp_dir().join(format!("inflight-injector-bed-{}", tb.namespace()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) =
+        inflight_testbed::pki::serving_cert(tb.layout(), &[host.to_string()]).unwrap();
+    std::fs::write(dir.join("tls.crt"), cert).unwrap();
+    std::fs::write(dir.join("tls.key"), key).unwrap();
+    let image = image_ref("inflight-proxy");
+    let mut args = vec![
+        "--proxy-image",
+        &image,
+        "--proxy-image-pull-policy",
+        "Never",
+    ];
+    if let Some(a) = aggregator {
+        args.extend(["--aggregator", a]);
     }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Injector {
-    fn drop(&mut self) {
-        self.stop();
-    }
+    Injector::spawn(
+        host.into(),
+        &dir.join("tls.crt"),
+        &dir.join("tls.key"),
+        &args,
+        Some(&tb.kubeconfig()),
+    )
 }
 
 /// The webhook configuration as the chart writes it, with one more term in its namespace
@@ -289,15 +220,17 @@ async fn testbed_a_labelled_namespaces_pods_run_the_proxy_as_a_native_sidecar_an
     let tb = TestBed::shared().await.unwrap();
     let ns = tb.namespace().to_owned();
     let grpc = aggregator(&tb).await;
-    let injector = Injector::start(&tb, Some(&format!("http://{grpc}")));
-    apply(
+    let injector = start_injector(&tb, Some(&format!("http://{grpc}")));
+    tb.apply(&webhook_configuration(
         &tb,
-        &webhook_configuration(&tb, &format!("https://{}/mutate", injector.addr)),
-    );
+        &format!("https://{}/mutate", injector.addr),
+    ))
+    .unwrap();
     label_namespace(&tb, &ns);
-    apply(&tb, &demo_deployment("web", 2, "/healthz"));
+    tb.apply(&demo_deployment("web", 2, "/healthz")).unwrap();
     // An app that never passes its readiness check: its proxy must not be Ready either.
-    apply(&tb, &demo_deployment("sick", 1, "/status/503"));
+    tb.apply(&demo_deployment("sick", 1, "/status/503"))
+        .unwrap();
 
     let web = eventually("two Ready pods of web", 240, || async {
         let pods = pods(&tb, &ns, "web").await;
@@ -399,12 +332,8 @@ async fn testbed_a_labelled_namespaces_pods_run_the_proxy_as_a_native_sidecar_an
     tb.kubectl(&["create", "namespace", &plain]).unwrap();
     tb.kubectl(&["label", "namespace", &plain, "inflight.dev/test=true"])
         .unwrap();
-    let manifest = demo_deployment("web", 1, "/healthz");
-    let path = std::env::temp_dir().join(format!("inflight-injector-plain-{ns}.json"));
-    std::fs::write(&path, manifest.to_string()).unwrap();
-    tb.kubectl(&["apply", "-n", &plain, "-f", &path.display().to_string()])
+    tb.apply_in(&plain, &demo_deployment("web", 1, "/healthz"))
         .unwrap();
-    let _ = std::fs::remove_file(&path);
     let untouched = eventually("a pod in the unlabelled namespace", 120, || async {
         pods(&tb, &plain, "web").await.into_iter().next()
     })
@@ -427,13 +356,13 @@ async fn testbed_a_labelled_namespaces_pods_run_the_proxy_as_a_native_sidecar_an
 async fn testbed_with_the_injector_stopped_pods_are_still_created() {
     let tb = TestBed::shared().await.unwrap();
     let ns = tb.namespace().to_owned();
-    let mut injector = Injector::start(&tb, None);
+    let mut injector = start_injector(&tb, None);
     let url = format!("https://{}/mutate", injector.addr);
-    apply(&tb, &webhook_configuration(&tb, &url));
+    tb.apply(&webhook_configuration(&tb, &url)).unwrap();
     label_namespace(&tb, &ns);
     injector.stop();
     // failurePolicy: Ignore: the API server cannot reach the webhook and admits the pods as they are.
-    apply(&tb, &demo_deployment("web", 2, "/healthz"));
+    tb.apply(&demo_deployment("web", 2, "/healthz")).unwrap();
     let created = eventually("two Ready pods of web", 240, || async {
         let pods = pods(&tb, &ns, "web").await;
         (pods.len() == 2 && pods.iter().all(is_ready)).then_some(pods)
@@ -519,20 +448,18 @@ impl Load {
 /// port 15080 (through their sidecars), with load running on it.
 async fn web_under_load(tb: &TestBed, replicas: i32) -> (Injector, Load) {
     let ns = tb.namespace().to_owned();
-    let injector = Injector::start(tb, None);
-    apply(
+    let injector = start_injector(tb, None);
+    tb.apply(&webhook_configuration(
         tb,
-        &webhook_configuration(tb, &format!("https://{}/mutate", injector.addr)),
-    );
+        &format!("https://{}/mutate", injector.addr),
+    ))
+    .unwrap();
     label_namespace(tb, &ns);
     let mut deployment = demo_deployment("web", replicas, "/healthz");
     deployment["spec"]["strategy"] = serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}});
-    apply(tb, &deployment);
-    apply(
-        tb,
-        &serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 15080}]}}),
-    );
+    tb.apply(&deployment).unwrap();
+    tb.apply(&serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 15080}]}})).unwrap();
     eventually("all pods of web Ready", 240, || async {
         let pods = pods(tb, &ns, "web").await;
         (pods.len() == replicas as usize && pods.iter().all(is_ready)).then_some(())

@@ -28,7 +28,7 @@ mod testbed;
 pub use api::{client, kubectl_run};
 pub use cluster::{down, status, up, UpOptions};
 pub use layout::Layout;
-pub use testbed::TestBed;
+pub use testbed::{eventually, TestBed};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -75,6 +75,29 @@ impl TestBed {
     pub fn kubeconfig(&self) -> PathBuf {
         self.layout.kubeconfig()
     }
+    /// Applies a manifest (JSON: one object or a `List`) in the test's namespace with kubectl.
+    pub fn apply(&self, manifest: &serde_json::Value) -> Result<(), Error> {
+        self.apply_in(&self.namespace, manifest)
+    }
+
+    /// Applies a manifest in namespace `ns`.
+    pub fn apply_in(&self, ns: &str, manifest: &serde_json::Value) -> Result<(), Error> {
+        static FILE: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "inflight-apply-{}-{}-{}.json",
+            std::process::id(),
+            FILE.fetch_add(1, Ordering::Relaxed),
+            fastrand_suffix()
+        ));
+        std::fs::write(&path, manifest.to_string()).map_err(|e| Error::io(&path, e))?;
+        let result = crate::api::kubectl_run(
+            &self.layout,
+            &["-n", ns, "apply", "-f", &path.display().to_string()],
+        );
+        let _ = std::fs::remove_file(&path);
+        result.map(drop)
+    }
+
     /// `kubectl` as the admin, in the test's namespace.
     pub fn kubectl(&self, args: &[&str]) -> Result<String, Error> {
         let mut all = vec!["-n", self.namespace.as_str()];
@@ -130,4 +153,24 @@ fn ensure_up(name: &str) -> Result<Layout, Error> {
         }
     }
     cluster::up(name, &UpOptions::default())
+}
+
+/// Polls `check` every 250 ms until it returns `Some`, or panics naming `what` after `secs`: how a
+/// test waits for something Kubernetes does, on a condition rather than for a time.
+#[allow(clippy::panic)]
+pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if std::time::Instant::now() >= until {
+            panic!("timed out after {secs}s waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }

@@ -2,8 +2,8 @@
 //! and talking to it over TLS as the API server does.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,37 +76,58 @@ pub struct Injector {
 }
 
 impl Injector {
+    /// On loopback, proxies as native sidecars, no cluster.
     pub fn start(certs: &Certs, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "--proxy-image",
+            "inflight-proxy:test",
+            "--native-sidecar",
+            "always",
+        ];
+        args.extend_from_slice(extra);
+        Self::spawn(
+            IpAddr::from([127, 0, 0, 1]),
+            &certs.cert,
+            &certs.key,
+            &args,
+            None,
+        )
+    }
+
+    /// Listening on `ip`, serving `cert`, talking to the cluster of `kubeconfig` if any.
+    pub fn spawn(
+        ip: IpAddr,
+        cert: &Path,
+        key: &Path,
+        args: &[&str],
+        kubeconfig: Option<&Path>,
+    ) -> Self {
         // A port picked free can be taken before the binary binds it: start again elsewhere.
         for _ in 0..3 {
-            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let addr = SocketAddr::from((ip, free_port()));
             let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let mut child = Command::new(env!("CARGO_BIN_EXE_inflight-injector"))
+            let mut command = Command::new(env!("CARGO_BIN_EXE_inflight-injector"));
+            command
                 .args([
                     "--listen",
                     &addr.to_string(),
                     "--admin-listen",
                     &admin.to_string(),
                 ])
-                .args(["--tls-cert", certs.cert.to_str().unwrap()])
-                .args(["--tls-key", certs.key.to_str().unwrap()])
-                .args([
-                    "--proxy-image",
-                    "inflight-proxy:test",
-                    "--native-sidecar",
-                    "always",
-                ])
-                .args(extra)
-                .env_remove("KUBECONFIG")
+                .arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key)
+                .args(args)
                 .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .spawn()
-                .unwrap();
+                .stdin(Stdio::null());
+            match kubeconfig {
+                Some(k) => command.env("KUBECONFIG", k),
+                None => command.env_remove("KUBECONFIG"),
+            };
+            let mut child = command.spawn().unwrap();
             let until = Instant::now() + Duration::from_secs(120);
-            loop {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
+            while child.try_wait().unwrap().is_none() {
                 if std::net::TcpStream::connect(addr).is_ok()
                     && std::net::TcpStream::connect(admin).is_ok()
                 {
@@ -117,6 +138,11 @@ impl Injector {
             }
         }
         panic!("inflight-injector exited at start three times");
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// A new HTTP/1.1 connection over TLS, trusting `ca_pem`.
@@ -172,8 +198,7 @@ impl Injector {
 
 impl Drop for Injector {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
