@@ -212,7 +212,7 @@ pub fn container(
         startup_probe: Some(admin_get("/healthz", 1, 1, 60)),
         // The app's readiness (repeated by the proxy) and not draining; counts toward the pod's
         // Ready. Its timeout leaves room for the app's check inside it.
-        readiness_probe: Some(admin_get("/readyz", 1, app.ready_timeout + 1, 1)),
+        readiness_probe: Some(admin_get("/readyz", 1, app.ready_timeout + 1, 3)),
         resources: Some(settings.resources.clone()),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
