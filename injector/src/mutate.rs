@@ -35,6 +35,15 @@ pub fn mutate(pod: &Pod, settings: &Settings) -> Outcome {
     let meta = &pod.metadata;
     let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key));
     let label = |key: &str| meta.labels.as_ref().and_then(|l| l.get(key));
+    // Every pod the API server admits has one; without either, the request's object may lack the
+    // metadata a patch would add to (found by the fuzzer), so it is not touched.
+    let named = |n: &Option<String>| n.as_deref().is_some_and(|n| !n.is_empty());
+    if !named(&meta.name) && !named(&meta.generate_name) {
+        return skip(
+            "no_name",
+            Some("inflight: pod not injected: it has neither a name nor a generateName".to_owned()),
+        );
+    }
     if annotation(INJECT_LABEL)
         .or_else(|| label(INJECT_LABEL))
         .is_some_and(|v| v == "disabled")
@@ -291,6 +300,19 @@ mod tests {
                 warning: None
             }
         );
+    }
+
+    #[test]
+    fn a_pod_without_metadata_is_not_patched() {
+        let raw = serde_json::json!({"spec": {"containers": [{"name": "app", "ports": [{"containerPort": 80}]}]}});
+        let pod: Pod = serde_json::from_value(raw).unwrap();
+        assert!(matches!(
+            mutate(&pod, &settings(true)),
+            Outcome::Skip {
+                reason: "no_name",
+                ..
+            }
+        ));
     }
 
     #[test]

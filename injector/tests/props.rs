@@ -239,9 +239,19 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_json_as_the_pod_gets_a_review(object in any_json(), op in prop_oneof![Just("CREATE"), Just("UPDATE")]) {
-        let body = review_of(object, op).to_string();
-        well_formed(review::answer(body.as_bytes(), &settings(true), &metrics()))?;
+    fn arbitrary_json_as_the_pod_gets_a_review_whose_patch_applies(object in any_json(), op in prop_oneof![Just("CREATE"), Just("UPDATE")]) {
+        let body = review_of(object.clone(), op).to_string();
+        let answer = review::answer(body.as_bytes(), &settings(true), &metrics());
+        if let Ok(bytes) = &answer {
+            let review: Value = serde_json::from_slice(bytes).unwrap();
+            if let Some(patch) = review["response"]["patch"].as_array() {
+                let patch: Vec<u8> = patch.iter().map(|b| b.as_u64().unwrap() as u8).collect();
+                let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+                let mut doc = object;
+                json_patch::patch(&mut doc, &patch).map_err(|e| TestCaseError::fail(format!("{e}: {patch:?}")))?;
+            }
+        }
+        well_formed(answer)?;
     }
 
     #[test]
