@@ -34,7 +34,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let tls = certs
         .server_config(&[b"h2", b"http/1.1"])
         .map_err(anyhow::Error::msg)?;
-    let acceptor = tokio_rustls_acceptor(tls);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let native = version::native_sidecar(config.native_sidecar).await;
 
     let listener = TcpListener::bind(config.listen)
@@ -91,8 +91,4 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     shutdown.await;
     tracing::info!("inflight-injector stopping");
     Ok(())
-}
-
-fn tokio_rustls_acceptor(config: rustls::ServerConfig) -> tokio_rustls::TlsAcceptor {
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }

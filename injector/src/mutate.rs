@@ -89,9 +89,18 @@ pub fn mutate(pod: &Pod, settings: &Settings) -> Outcome {
         Some(settings.tokens.next())
     };
     let container = sidecar::container(settings, &app, workload.as_ref(), grace, token.as_deref());
-    let container = serde_json::to_value(container).unwrap_or_default();
+    let hook = token.as_deref().map(sidecar::pre_stop);
+    // Typed values always serialise; were one not to, the pod goes through untouched rather than
+    // with a `null` where a container should be.
+    let (Ok(container), Ok(hook)) = (serde_json::to_value(container), serde_json::to_value(hook))
+    else {
+        return skip(
+            "patch_encoding",
+            Some("inflight: pod not injected: the proxy container could not be encoded".to_owned()),
+        );
+    };
 
-    let mut ops = Vec::with_capacity(3);
+    let mut ops = Vec::with_capacity(4);
     add_entry(
         &mut ops,
         "annotations",
@@ -121,9 +130,8 @@ pub fn mutate(pod: &Pod, settings: &Settings) -> Outcome {
     } else {
         ops.push(add(&["spec", "containers", "-"], container));
     }
-    if let Some(token) = &token {
+    if !hook.is_null() {
         let index = app.container.to_string();
-        let hook = serde_json::to_value(sidecar::pre_stop(token)).unwrap_or_default();
         if lifecycle.is_some() {
             ops.push(add(
                 &["spec", "containers", &index, "lifecycle", "preStop"],
