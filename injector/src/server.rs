@@ -8,6 +8,8 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 
+use inflight_runtime::admin;
+
 use crate::metrics::Metrics;
 use crate::review;
 use crate::sidecar::Settings;
@@ -92,12 +94,6 @@ impl Webhook {
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body + "\n")));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
+fn text(status: StatusCode, why: String) -> Response<Full<Bytes>> {
+    admin::text(status, why + "\n")
 }

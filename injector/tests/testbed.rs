@@ -434,13 +434,20 @@ impl Load {
         .await;
     }
 
-    async fn stop(self) -> (u64, Vec<String>) {
+    /// Stops the clients; panics listing the failures, if any.
+    async fn stop_expecting_no_failure(self) {
         self.stop.store(true, Ordering::Relaxed);
         for c in self.clients {
             let _ = c.await;
         }
         let failed = self.failed.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), failed)
+        let ok = self.ok.load(Ordering::Relaxed);
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests failed: {failed:?}",
+            failed.len(),
+            ok + failed.len() as u64
+        );
     }
 }
 
@@ -491,13 +498,7 @@ async fn testbed_deleting_a_pod_under_load_through_its_sidecar_cuts_no_request()
     })
     .await;
     load.served(200, "load after the pod is gone").await;
-    let (ok, failed) = load.stop().await;
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {failed:?}",
-        failed.len(),
-        ok + failed.len() as u64
-    );
+    load.stop_expecting_no_failure().await;
     delete_webhook(&tb);
 }
 
@@ -531,12 +532,6 @@ async fn testbed_a_rolling_update_under_load_through_the_sidecars_loses_no_reque
     })
     .await;
     load.served(200, "load after the rollout").await;
-    let (ok, failed) = load.stop().await;
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {failed:?}",
-        failed.len(),
-        ok + failed.len() as u64
-    );
+    load.stop_expecting_no_failure().await;
     delete_webhook(&tb);
 }

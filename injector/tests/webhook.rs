@@ -51,14 +51,7 @@ async fn a_deployments_pod_gets_the_proxy_as_a_native_sidecar() {
     let certs = Certs::new("review");
     let injector = Injector::start(&certs, &["--aggregator", "agg.inflight:9090"]);
     let pod = deployment_pod();
-    let (status, body) = injector
-        .call(
-            &certs.pem,
-            "POST",
-            "/mutate",
-            review_of(&pod).to_string().into_bytes(),
-        )
-        .await;
+    let (status, body) = injector.review(&certs.pem, &pod).await;
     assert_eq!(status, 200, "{body}");
     let review: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
@@ -149,14 +142,7 @@ async fn a_pod_that_cannot_be_injected_is_admitted_unchanged_with_a_warning() {
     let unreadable = serde_json::json!({"metadata": {"name": "odd"},
         "spec": {"containers": [{"name": "app", "ports": [{"containerPort": "eighty"}]}]}});
     for (pod, reason) in [(no_port, "no_port"), (unreadable, "unreadable_pod")] {
-        let (status, body) = injector
-            .call(
-                &certs.pem,
-                "POST",
-                "/mutate",
-                review_of(&pod).to_string().into_bytes(),
-            )
-            .await;
+        let (status, body) = injector.review(&certs.pem, &pod).await;
         assert_eq!(status, 200, "{body}");
         let review: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(review["response"]["allowed"], true, "{body}");

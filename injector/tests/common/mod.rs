@@ -171,6 +171,17 @@ impl Injector {
         send(&mut sender, method, path, body).await
     }
 
+    /// An AdmissionReview of creating `pod`, POSTed to `/mutate`: (status, body).
+    pub async fn review(&self, ca_pem: &str, pod: &serde_json::Value) -> (u16, String) {
+        self.call(
+            ca_pem,
+            "POST",
+            "/mutate",
+            review_of(pod).to_string().into_bytes(),
+        )
+        .await
+    }
+
     /// The admin `/metrics` text.
     pub async fn metrics(&self) -> String {
         let tcp = tokio::net::TcpStream::connect(self.admin).await.unwrap();
