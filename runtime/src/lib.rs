@@ -1,11 +1,12 @@
 //! What every inflight binary does the same way, in one place: logging, stopping on SIGTERM, the
-//! admin server and the limits of every HTTP server, HTTPS with reloaded certificates (feature
+//! admin server and the limits of every HTTP server, readiness checks, HTTPS with reloaded certificates (feature
 //! `tls`), poison-tolerant locks, wall-clock milliseconds.
 
 pub mod admin;
 pub mod http;
 #[cfg(feature = "tls")]
 pub mod https;
+pub mod probe;
 pub mod sync;
 pub mod time;
 #[cfg(feature = "tls")]

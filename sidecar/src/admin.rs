@@ -10,9 +10,9 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::drain::{Drain, Refused, TOKEN_HEADER};
-use crate::ready::AppCheck;
 use crate::report::Reporter;
 use crate::stats::{Class, Stats};
+use inflight_runtime::probe::Check as AppCheck;
 
 #[derive(Debug)]
 pub struct Admin {

@@ -285,8 +285,8 @@ impl Config {
     }
 
     /// How `/readyz` asks the app whether it is ready.
-    pub fn app_check(&self) -> crate::ready::AppCheck {
-        crate::ready::AppCheck::new(
+    pub fn app_check(&self) -> inflight_runtime::probe::Check {
+        inflight_runtime::probe::Check::new(
             self.upstream.host(),
             self.upstream.port_u16().unwrap_or(80),
             self.app_ready_path.clone(),
@@ -452,7 +452,7 @@ mod tests {
         ]);
         assert_eq!(
             c.ok().map(|c| c.app_check()),
-            Some(crate::ready::AppCheck::Http {
+            Some(inflight_runtime::probe::Check::Http {
                 addr: "127.0.0.1:8081".into(),
                 path: PathAndQuery::from_static("/healthz/ready"),
                 timeout: Duration::from_secs(3),
@@ -461,7 +461,7 @@ mod tests {
         let c = parse(&["--upstream", "127.0.0.1:8080"]);
         assert_eq!(
             c.ok().map(|c| c.app_check()),
-            Some(crate::ready::AppCheck::Tcp {
+            Some(inflight_runtime::probe::Check::Tcp {
                 addr: "127.0.0.1:8080".into(),
                 timeout: Duration::from_secs(1),
             })

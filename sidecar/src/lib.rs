@@ -15,7 +15,6 @@ pub mod count;
 pub mod drain;
 pub mod metrics;
 pub mod proxy;
-pub mod ready;
 pub mod report;
 pub mod server;
 pub mod stats;

@@ -1,6 +1,7 @@
-//! Whether the app is ready, for `/readyz`: the app's own readiness check
-//! when one is given (the injector passes the app's `httpGet` readinessProbe),
-//! else whether its port accepts a connection.
+//! Readiness checks as the kubelet makes them: a TCP connect, or a `GET` that answers 2xx or 3xx.
+//! The sidecar asks its app this way for `/readyz` (the app's own readiness check when the injector
+//! passes one, else whether its port accepts a connection); the operator and the activator ask each
+//! pod's proxy for its `/readyz` before they send it traffic.
 //!
 //! The activator forwards held requests the moment `/readyz` answers 200, so
 //! an app that listens before it can serve must be asked, not dialled.
@@ -14,9 +15,9 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// How `/readyz` asks the app.
+/// One readiness check of one address.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AppCheck {
+pub enum Check {
     /// Ready when `addr` (HOST:PORT) accepts a TCP connection.
     Tcp { addr: String, timeout: Duration },
     /// Ready when `GET path` on `addr` answers 2xx or 3xx, as the kubelet
@@ -31,17 +32,17 @@ pub enum AppCheck {
 /// Why the app is not ready; the text `/readyz` answers.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NotReady {
-    #[error("app at {addr} does not accept connections: {reason}")]
+    #[error("{addr} does not accept connections: {reason}")]
     Refused { addr: String, reason: String },
-    #[error("app at {addr} did not answer within {timeout:?}")]
+    #[error("{addr} did not answer within {timeout:?}")]
     Timeout { addr: String, timeout: Duration },
-    #[error("app's readiness check GET {path} on {addr} failed: {reason}")]
+    #[error("readiness check GET {path} on {addr} failed: {reason}")]
     Failed {
         addr: String,
         path: String,
         reason: String,
     },
-    #[error("app's readiness check GET {path} on {addr} answered {status}")]
+    #[error("readiness check GET {path} on {addr} answered {status}")]
     Status {
         addr: String,
         path: String,
@@ -49,7 +50,7 @@ pub enum NotReady {
     },
 }
 
-impl AppCheck {
+impl Check {
     /// The check for an app at `host:port`, with `path` and `port` from the
     /// app's readiness probe when given (`port` alone: a TCP check there).
     pub fn new(
@@ -66,20 +67,18 @@ impl AppCheck {
         };
         let addr = format!("{host}:{}", ready_port.unwrap_or(port));
         match path {
-            Some(path) => AppCheck::Http {
+            Some(path) => Check::Http {
                 addr,
                 path,
                 timeout,
             },
-            None => AppCheck::Tcp { addr, timeout },
+            None => Check::Tcp { addr, timeout },
         }
     }
 
     pub async fn check(&self) -> Result<(), NotReady> {
         let (addr, timeout) = match self {
-            AppCheck::Tcp { addr, timeout } | AppCheck::Http { addr, timeout, .. } => {
-                (addr, *timeout)
-            }
+            Check::Tcp { addr, timeout } | Check::Http { addr, timeout, .. } => (addr, *timeout),
         };
         let run = async {
             let stream =
@@ -90,8 +89,8 @@ impl AppCheck {
                         reason: e.to_string(),
                     })?;
             match self {
-                AppCheck::Tcp { .. } => Ok(()),
-                AppCheck::Http { path, .. } => get(stream, addr, path).await,
+                Check::Tcp { .. } => Ok(()),
+                Check::Http { path, .. } => get(stream, addr, path).await,
             }
         };
         tokio::time::timeout(timeout, run)
@@ -121,7 +120,7 @@ async fn get(stream: TcpStream, addr: &str, path: &PathAndQuery) -> Result<(), N
         .header(header::CONNECTION, "close")
         .header(
             header::USER_AGENT,
-            concat!("inflight-proxy/", env!("CARGO_PKG_VERSION"), " (readiness)"),
+            concat!("inflight/", env!("CARGO_PKG_VERSION"), " (readiness)"),
         )
         .body(Empty::<Bytes>::new())
         .map_err(|e| failed(e.to_string()))?;
@@ -159,27 +158,27 @@ mod tests {
 
     #[test]
     fn the_check_follows_the_probe_it_is_given() {
-        let tcp = AppCheck::new("127.0.0.1", 8080, None, None, T);
+        let tcp = Check::new("127.0.0.1", 8080, None, None, T);
         assert_eq!(
             tcp,
-            AppCheck::Tcp {
+            Check::Tcp {
                 addr: "127.0.0.1:8080".into(),
                 timeout: T
             }
         );
-        let other_port = AppCheck::new("127.0.0.1", 8080, None, Some(9000), T);
+        let other_port = Check::new("127.0.0.1", 8080, None, Some(9000), T);
         assert_eq!(
             other_port,
-            AppCheck::Tcp {
+            Check::Tcp {
                 addr: "127.0.0.1:9000".into(),
                 timeout: T
             }
         );
         let path = PathAndQuery::from_static("/ready?full=1");
-        let http = AppCheck::new("::1", 8080, Some(path.clone()), None, T);
+        let http = Check::new("::1", 8080, Some(path.clone()), None, T);
         assert_eq!(
             http,
-            AppCheck::Http {
+            Check::Http {
                 addr: "[::1]:8080".into(),
                 path,
                 timeout: T
@@ -197,8 +196,8 @@ mod tests {
         };
         let path = PathAndQuery::from_static("/ready");
         for check in [
-            AppCheck::new("127.0.0.1", port, None, None, T),
-            AppCheck::new("127.0.0.1", port, Some(path), None, T),
+            Check::new("127.0.0.1", port, None, None, T),
+            Check::new("127.0.0.1", port, Some(path), None, T),
         ] {
             let result = check.check().await;
             assert!(
