@@ -110,7 +110,8 @@ pub enum TargetKind {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceRef {
-    #[schemars(length(min = 1, max = 63))]
+    /// At most 54 characters: the private Service beside it is named `<name>-inflight`.
+    #[schemars(length(min = 1, max = 54))]
     pub name: String,
     /// The Service's port.
     #[schemars(range(min = 1, max = 65535))]
@@ -217,6 +218,39 @@ pub struct HttpAutoscalerStatus {
     pub observed_generation: Option<i64>,
 }
 
+/// Label on the private Service the operator makes for a workload's pods (and so, copied there by
+/// Kubernetes, on its EndpointSlices): the name of the HTTPAutoscaler it serves.
+pub const PODS_OF_LABEL: &str = "inflight.dev/pods-of";
+/// Label on the objects the operator manages for an HTTPAutoscaler: its name.
+pub const AUTOSCALER_LABEL: &str = "inflight.dev/httpautoscaler";
+/// Annotation on an adopted Service: the selector it had (JSON), restored when the HTTPAutoscaler
+/// is deleted.
+pub const ADOPTED_SELECTOR_ANNOTATION: &str = "inflight.dev/adopted-selector";
+/// `endpointslice.kubernetes.io/managed-by` of the EndpointSlices the operator writes.
+pub const SLICE_MANAGER: &str = "inflight.dev/operator";
+
+impl HttpAutoscaler {
+    /// The private Service with the workload's selector, whose EndpointSlices say which pods are
+    /// ready: the operator and the activator both read them.
+    pub fn pods_service(&self) -> String {
+        format!("{}-inflight", self.spec.service.name)
+    }
+
+    /// The EndpointSlice of the Service clients call in `mode`.
+    pub fn slice_name(&self, mode: Mode) -> String {
+        let side = match mode {
+            Mode::Serve => "serve",
+            Mode::Proxy => "proxy",
+        };
+        format!("{}-inflight-{side}", self.spec.service.name)
+    }
+}
+
+/// Parses a duration of the spec (`300s`, `5m`, `1h30m`, as the schema's pattern allows).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))
+}
+
 /// The CRD, as pretty JSON (which is YAML too: the chart's `crds/` takes it as it is).
 pub fn crd_text() -> String {
     let crd = HttpAutoscaler::crd();
@@ -276,5 +310,13 @@ mod tests {
         assert_eq!(spec.metric, Metric::default());
         assert_eq!(spec.activation.max_pending_requests, 1000);
         assert_eq!(spec.scale_target_ref.api_version, "apps/v1");
+    }
+
+    #[test]
+    fn spec_durations_parse_as_the_pattern_allows() {
+        for (text, secs) in [("300s", 300), ("5m", 300), ("1h30m", 5400), ("1.5s", 1)] {
+            assert_eq!(parse_duration(text).unwrap().as_secs(), secs, "{text}");
+        }
+        assert!(parse_duration("soon").is_err());
     }
 }
