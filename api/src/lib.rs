@@ -226,8 +226,10 @@ pub const AUTOSCALER_LABEL: &str = "inflight.dev/httpautoscaler";
 /// Annotation on an adopted Service: the selector it had (JSON), restored when the HTTPAutoscaler
 /// is deleted.
 pub const ADOPTED_SELECTOR_ANNOTATION: &str = "inflight.dev/adopted-selector";
-/// `endpointslice.kubernetes.io/managed-by` of the EndpointSlices the operator writes.
-pub const SLICE_MANAGER: &str = "inflight.dev/operator";
+/// `endpointslice.kubernetes.io/managed-by` of the EndpointSlices the operator writes (a label
+/// value: no `/`, so not `inflight.dev/operator`; Kubernetes names its own the same way,
+/// `endpointslice-controller.k8s.io`).
+pub const SLICE_MANAGER: &str = "operator.inflight.dev";
 
 impl HttpAutoscaler {
     /// The private Service with the workload's selector, whose EndpointSlices say which pods are
