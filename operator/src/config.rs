@@ -42,8 +42,16 @@ pub struct Config {
     #[arg(long, env = "POD_NAMESPACE", default_value = "inflight")]
     pub namespace: String,
 
+    /// Reconcile only the HTTPAutoscalers of this namespace (default: every namespace), as KEDA's
+    /// WATCH_NAMESPACE does: for a namespaced install, or one test beside another.
+    #[arg(long, env = "INFLIGHT_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
     #[command(flatten)]
     pub leader: LeaderFlags,
+
+    #[command(flatten)]
+    pub certs: crate::certs::CertFlags,
 
     /// How long the operator waits for a pod's proxy to answer `/readyz` before it counts the
     /// pod as not ready yet.

@@ -258,10 +258,31 @@ async fn apply(hta: &HttpAutoscaler, ctx: &Context) -> Result<Action, Error> {
     {
         routed = route(hta, ctx, &ns, owner, selector.clone()).await?;
     }
-    if let Err(check) = &routed {
-        if found.ok() {
-            warn_on_change(ctx, hta, status::READY, check).await;
+    let routing = match &routed {
+        Err(check) => check.clone(),
+        Ok(d) if d.mode == Mode::Proxy && d.proxy.is_empty() => {
+            let (act_ns, act_name) = &ctx.settings.activator_service;
+            Check::failed(
+                "NoActivator",
+                format!(
+                    "no pod is ready and Service {act_ns}/{act_name} has no ready activator: requests to {} fail until one is",
+                    hta.spec.service.name
+                ),
+            )
         }
+        Ok(d) => Check::Ok(
+            "Ready",
+            match d.mode {
+                Mode::Serve => format!("serving through {} pod(s)", d.ready_pods),
+                Mode::Proxy => format!(
+                    "{} activator pod(s) take the traffic until a pod is ready",
+                    d.proxy.len()
+                ),
+            },
+        ),
+    };
+    if found.ok() {
+        warn_on_change(ctx, hta, status::READY, &routing).await;
     }
 
     let previous = hta.status.clone().unwrap_or_default();
@@ -316,22 +337,12 @@ async fn apply(hta: &HttpAutoscaler, ctx: &Context) -> Result<Action, Error> {
         .await
         .unwrap_or(previous.in_flight);
 
-    let ready = match (&found, &scaled, &routed) {
-        (Check::Failed(r, m), _, _)
-        | (_, Check::Failed(r, m), _)
-        | (_, _, Err(Check::Failed(r, m))) => Check::Failed(r, m.clone()),
-        (_, _, Ok(d)) => Check::Ok(
-            "Ready",
-            match d.mode {
-                Mode::Serve => format!("serving through {} pod(s)", d.ready_pods),
-                Mode::Proxy => format!(
-                    "{} activator pod(s) take the traffic until a pod is ready",
-                    d.proxy.len()
-                ),
-            },
-        ),
-        (_, _, Err(Check::Ok(..))) => Check::Ok("Ready", String::new()),
-    };
+    // Ready is the first of the others that is not, with its reason.
+    let ready = [&found, &scaled, &routing]
+        .into_iter()
+        .find(|c| !c.ok())
+        .unwrap_or(&routing)
+        .clone();
     let generation = hta.metadata.generation;
     let old = hta.status.as_ref();
     let status = HttpAutoscalerStatus {
@@ -419,10 +430,14 @@ async fn scaled_object(
         other => other?,
     };
     Ok(match applied.ready() {
-        (true, _) => Check::Ok("Ready", format!("ScaledObject {name} is ready")),
-        (false, why) => Check::failed(
+        Some((true, _)) => Check::Ok("Ready", format!("ScaledObject {name} is ready")),
+        Some((false, why)) => Check::failed(
             "ScaledObjectNotReady",
             format!("ScaledObject {name}: {why}"),
+        ),
+        None => Check::Pending(
+            "ScaledObjectPending",
+            format!("KEDA has not checked ScaledObject {name} yet"),
         ),
     })
 }
@@ -469,14 +484,7 @@ async fn route(
                 let adopted = services
                     .patch(svc_name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await?;
-                // Kubernetes' EndpointSlice controller leaves the slices of a Service whose
-                // selector is removed; they would send traffic beside ours.
-                let stale = ListParams::default().labels(&format!(
-                    "kubernetes.io/service-name={svc_name},endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io"
-                ));
-                slices
-                    .delete_collection(&DeleteParams::default(), &stale)
-                    .await?;
+                forget_kubernetes_endpoints(client, ns, svc_name).await?;
                 publish(ctx, hta, EventType::Normal, "AdoptedService", format!(
                     "Service {svc_name}'s selector is kept in its annotation {} and given back when this HTTPAutoscaler is deleted",
                     inflight_api::ADOPTED_SELECTOR_ANNOTATION
@@ -546,13 +554,43 @@ async fn route(
             .await?;
     }
     tracing::debug!(%name, mode = ?desired.mode, serve = desired.serve.len(), proxy = desired.proxy.len(), waiting = desired.waiting, "endpoints");
-    if desired.mode == Mode::Proxy && desired.proxy.is_empty() {
-        return Ok(Err(Check::failed(
-            "NoActivator",
-            format!("no pod is ready and Service {act_ns}/{act_name} has no ready activator: requests to {svc_name} fail until one is"),
-        )));
-    }
     Ok(Ok(desired))
+}
+
+/// Once a Service has no selector, Kubernetes stops keeping its endpoints but leaves them: the
+/// EndpointSlice controller's slices stay, and the legacy Endpoints object, which the mirroring
+/// controller then copies into a slice of its own. Either would send traffic straight to the
+/// app's port beside the operator's slices, bypassing the pods' proxies. Only what Kubernetes'
+/// controllers made is deleted; once the selector is given back, they make it again.
+async fn forget_kubernetes_endpoints(client: &Client, ns: &str, svc: &str) -> Result<(), Error> {
+    #[allow(deprecated)]
+    let legacy: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), ns);
+    #[allow(deprecated)]
+    if let Some(e) = legacy.get_opt(svc).await? {
+        if e.labels()
+            .get("endpoints.kubernetes.io/managed-by")
+            .map(String::as_str)
+            == Some("endpoint-controller")
+        {
+            match legacy.delete(svc, &DeleteParams::default()).await {
+                Err(e) if !not_found(&e) => return Err(e.into()),
+                _ => {}
+            }
+        }
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    for manager in [
+        "endpointslice-controller.k8s.io",
+        "endpointslicemirroring-controller.k8s.io",
+    ] {
+        let theirs = ListParams::default().labels(&format!(
+            "kubernetes.io/service-name={svc},endpointslice.kubernetes.io/managed-by={manager}"
+        ));
+        slices
+            .delete_collection(&DeleteParams::default(), &theirs)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The pod IPs whose proxy answers `GET /readyz` with 200, asked all at once (a bounded number

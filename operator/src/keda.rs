@@ -71,24 +71,26 @@ pub struct KedaCondition {
 }
 
 impl ScaledObject {
-    /// KEDA's `Ready` condition: `(true, "")`, or false with KEDA's reason and message. A
-    /// ScaledObject KEDA has not looked at yet is not ready.
-    pub fn ready(&self) -> (bool, String) {
+    /// KEDA's `Ready` condition: `Some((true, ""))`, or false with KEDA's reason and message;
+    /// `None` while KEDA has not looked at it.
+    pub fn ready(&self) -> Option<(bool, String)> {
         let ready = self
             .status
             .as_ref()
             .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
         match ready {
-            Some(c) if c.status == "True" => (true, String::new()),
-            Some(c) => (
+            Some(c) if c.status == "True" => Some((true, String::new())),
+            // KEDA writes Unknown before its first check.
+            Some(c) if c.status == "Unknown" => None,
+            Some(c) => Some((
                 false,
                 format!(
                     "KEDA: {}: {}",
                     c.reason.as_deref().unwrap_or("not ready"),
                     c.message.as_deref().unwrap_or("")
                 ),
-            ),
-            None => (false, "KEDA has not reconciled it yet".to_owned()),
+            )),
+            None => None,
         }
     }
 }
@@ -231,7 +233,7 @@ mod tests {
             )
             .unwrap(),
         );
-        assert!(!so.ready().0);
+        assert_eq!(so.ready(), None);
         so.status = Some(ScaledObjectStatus {
             conditions: vec![KedaCondition {
                 type_: "Ready".into(),
@@ -242,12 +244,12 @@ mod tests {
         });
         assert_eq!(
             so.ready(),
-            (
+            Some((
                 false,
                 "KEDA: ScaledObjectCheckFailed: no scalerAddress".to_owned()
-            )
+            ))
         );
         so.status.as_mut().unwrap().conditions[0].status = "True".into();
-        assert!(so.ready().0);
+        assert_eq!(so.ready(), Some((true, String::new())));
     }
 }

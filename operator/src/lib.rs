@@ -4,6 +4,7 @@
 //! leader with a Lease; only the leader writes.
 
 pub mod aggregator;
+pub mod certs;
 pub mod config;
 pub mod controller;
 pub mod endpoints;
@@ -47,6 +48,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .map_err(|e| anyhow::anyhow!("--admin-listen {}: {e}", config.admin_listen))?;
     tracing::info!(admin = %admin_listener.local_addr()?, "inflight-operator starting");
     let serving = Arc::new(AtomicBool::new(false));
+    // Made before leading so that its metrics are registered (at zero) on every replica.
+    let bootstrap = certs::Bootstrap::new(
+        client.clone(),
+        &config.namespace,
+        &config.certs,
+        &mut registry,
+    );
     let registry = Arc::new(registry);
     tokio::spawn(admin::serve(admin_listener, config.admin_limits.into(), {
         let serving = serving.clone();
@@ -81,6 +89,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     metrics.leader.set(1);
     tracing::info!("leading: reconciling HTTPAutoscalers");
+    // Only the leader issues certificates; it stops with the leadership (the task is aborted
+    // when this function returns).
+    let _bootstrap = AbortOnDrop(tokio::spawn(bootstrap.run()));
 
     let reporter = Reporter {
         controller: "inflight-operator".to_owned(),
@@ -99,7 +110,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         },
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let control = control(client, ctx, async move {
+    let control = control(client, config.watch_namespace.clone(), ctx, async move {
         let _ = stopped.await;
     });
     tokio::pin!(control);
@@ -118,15 +129,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     outcome
 }
 
+/// Aborts a task when dropped: a task of the leader must not outlive its leadership.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The controller and what it watches: the HTTPAutoscalers; what they own (ScaledObjects, the
 /// private Services, the EndpointSlices the operator writes); the private Services' slices, which
 /// Kubernetes keeps (the pods' readiness); adopted Services (a selector put back must be taken
 /// off again); and the activator's slices, which every Service in proxy mode follows.
 async fn control(
     client: Client,
+    namespace: Option<String>,
     ctx: Arc<Context>,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let ns = namespace.as_deref();
     let cfg = watcher::Config::default;
     let (act_ns, act_name) = ctx.settings.activator_service.clone();
     let activator = watcher(
@@ -146,20 +177,17 @@ async fn control(
     let pods_of = autoscaler_of(PODS_OF_LABEL);
     let adopted_by = autoscaler_of(AUTOSCALER_LABEL);
     let metrics = ctx.metrics.clone();
-    let controller = Controller::new(
-        Api::<HttpAutoscaler>::all(client.clone()),
-        cfg().any_semantic(),
-    );
+    let controller = Controller::new(api::<HttpAutoscaler>(&client, ns), cfg().any_semantic());
     let store = controller.store();
     controller
         .owns_stream(
-            watcher(Api::<ScaledObject>::all(client.clone()), cfg())
+            watcher(api::<ScaledObject>(&client, ns), cfg())
                 .default_backoff()
                 .touched_objects(),
         )
         .owns_stream(
             watcher(
-                Api::<EndpointSlice>::all(client.clone()),
+                api::<EndpointSlice>(&client, ns),
                 cfg().labels(&format!(
                     "endpointslice.kubernetes.io/managed-by={SLICE_MANAGER}"
                 )),
@@ -169,7 +197,7 @@ async fn control(
         )
         .watches_stream(
             watcher(
-                Api::<EndpointSlice>::all(client.clone()),
+                api::<EndpointSlice>(&client, ns),
                 cfg().labels(PODS_OF_LABEL),
             )
             .default_backoff()
@@ -177,12 +205,9 @@ async fn control(
             move |s: EndpointSlice| pods_of(s.labels(), s.namespace()),
         )
         .watches_stream(
-            watcher(
-                Api::<Service>::all(client.clone()),
-                cfg().labels(AUTOSCALER_LABEL),
-            )
-            .default_backoff()
-            .touched_objects(),
+            watcher(api::<Service>(&client, ns), cfg().labels(AUTOSCALER_LABEL))
+                .default_backoff()
+                .touched_objects(),
             move |s: Service| adopted_by(s.labels(), s.namespace()),
         )
         .reconcile_all_on(activator)

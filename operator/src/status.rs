@@ -12,6 +12,8 @@ pub const TARGET_FOUND: &str = "TargetFound";
 pub enum Check {
     Ok(&'static str, String),
     Failed(&'static str, String),
+    /// False for now, as expected (KEDA has not looked at a new ScaledObject yet): no warning.
+    Pending(&'static str, String),
 }
 
 impl Check {
@@ -34,7 +36,9 @@ pub fn condition(
 ) -> Condition {
     let (status, reason, message) = match check {
         Check::Ok(reason, message) => ("True", *reason, message.as_str()),
-        Check::Failed(reason, message) => ("False", *reason, message.as_str()),
+        Check::Failed(reason, message) | Check::Pending(reason, message) => {
+            ("False", *reason, message.as_str())
+        }
     };
     let since = old
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
