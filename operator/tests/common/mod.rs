@@ -1,0 +1,347 @@
+//! The real `inflight-operator` binary on this host against the test bed's API server, and the
+//! workloads its tests scale: an in-cluster aggregator, a stand-in activator, a Deployment whose
+//! pods carry inflight-proxy.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use inflight_testbed::images::image_ref;
+use inflight_testbed::TestBed;
+use serde_json::{json, Value};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One operator process; killed when dropped, and then the finalizers it would have removed are
+/// taken off the test's HTTPAutoscalers, or its namespace could never be deleted.
+pub struct Operator {
+    child: Child,
+    layout: inflight_testbed::layout::Layout,
+    namespace: String,
+    pub admin: u16,
+    pub identity: String,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Starts the operator for the test's namespace only, with its Lease there too.
+    pub fn start(tb: &TestBed, identity: &str, extra: &[&str]) -> Self {
+        Self::start_with(tb, tb.kubeconfig(), identity, extra)
+    }
+
+    pub fn start_with(tb: &TestBed, kubeconfig: PathBuf, identity: &str, extra: &[&str]) -> Self {
+        Self::spawn(tb.layout(), tb.namespace(), kubeconfig, identity, extra)
+    }
+
+    /// On any bed (`layout`), for namespace `ns`.
+    pub fn spawn(
+        layout: &inflight_testbed::layout::Layout,
+        ns: &str,
+        kubeconfig: PathBuf,
+        identity: &str,
+        extra: &[&str],
+    ) -> Self {
+        let admin = free_port();
+        let log = std::env::temp_dir().join(format!("inflight-operator-{ns}-{identity}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_inflight-operator"))
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args([
+                "--watch-namespace",
+                ns,
+                "--namespace",
+                ns,
+                "--identity",
+                identity,
+            ])
+            .args(["--activator-service", &format!("{ns}/activator")])
+            .args(["--resync-interval", "10s"])
+            // Certificates have their own test (certs.rs); here the operator must not touch the
+            // cluster's webhook and APIService, which other tests use.
+            .args(["--tls-bootstrap", "false"])
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,inflight_operator=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        println!("operator {identity}: log {}", log.display());
+        Self {
+            child,
+            layout: layout.clone(),
+            namespace: ns.to_owned(),
+            admin,
+            identity: identity.to_owned(),
+            log,
+        }
+    }
+
+    /// `/metrics` of its admin server, or `None` while it does not answer.
+    pub fn metrics(&self) -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin)).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: admin\r\n\r\n")
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    }
+
+    /// Whether it says it leads (`inflight_operator_leader 1`).
+    pub fn leads(&self) -> bool {
+        self.metrics()
+            .is_some_and(|m| m.lines().any(|l| l == "inflight_operator_leader 1"))
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+        let ns = self.namespace.as_str();
+        let names =
+            inflight_testbed::kubectl_run(&self.layout, &["-n", ns, "get", "hta", "-o", "name"]);
+        for name in names.unwrap_or_default().split_whitespace() {
+            let _ = inflight_testbed::kubectl_run(
+                &self.layout,
+                &[
+                    "-n",
+                    ns,
+                    "patch",
+                    name,
+                    "--type=merge",
+                    "-p",
+                    r#"{"metadata":{"finalizers":null}}"#,
+                ],
+            );
+        }
+    }
+}
+
+fn deployment(name: &str, replicas: i32, pod: Value) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+          "template": {"metadata": {"labels": {"app": name}}, "spec": pod}}})
+}
+
+/// One aggregator (gRPC only) and the Services KEDA and the proxies use.
+pub fn aggregator() -> Value {
+    json!({"apiVersion": "v1", "kind": "List", "items": [
+        deployment("inflight-aggregator", 1, json!({"containers": [{
+            "name": "aggregator", "image": image_ref("inflight-aggregator"), "imagePullPolicy": "Never",
+            "ports": [{"containerPort": 9090, "name": "grpc"}],
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15093}, "periodSeconds": 1}}]})),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator"},
+         "spec": {"selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator-ingest"},
+         "spec": {"clusterIP": "None", "publishNotReadyAddresses": true,
+                  "selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}}
+    ]})
+}
+
+/// The activator's stand-in until the activator exists: a pod that answers every request.
+pub fn activator() -> Value {
+    json!({"apiVersion": "v1", "kind": "List", "items": [
+        deployment("activator", 1, json!({"containers": [{
+            "name": "activator", "image": image_ref("inflight-demo-app"), "imagePullPolicy": "Never",
+            "args": ["serve", "--listen", "0.0.0.0:8080", "--latency", "0ms"],
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}}]})),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "activator"},
+         "spec": {"selector": {"app": "activator"}, "ports": [{"name": "http", "port": 8080}]}}
+    ]})
+}
+
+/// `web`: the demo app (each request takes `latency`) behind inflight-proxy as the injector adds
+/// it, and the user's Service `web` with a selector, as it was before inflight.
+pub fn web(ns: &str, replicas: i32, latency: &str) -> Value {
+    let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
+    json!({"apiVersion": "v1", "kind": "List", "items": [
+        deployment("web", replicas, json!({
+            "initContainers": [{
+                "name": "inflight-proxy", "image": image_ref("inflight-proxy"), "imagePullPolicy": "Never",
+                "restartPolicy": "Always",
+                "args": ["--upstream", "127.0.0.1:8080", "--workload", "deployment/web",
+                         "--aggregator", format!("http://inflight-aggregator-ingest.{ns}.svc.cluster.local:9090")],
+                "env": [{"name": "POD_NAME", "valueFrom": field("metadata.name")},
+                        {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
+                        {"name": "POD_IP", "valueFrom": field("status.podIP")}],
+                "ports": [{"containerPort": 15080, "name": "inflight-http"}],
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15090}, "periodSeconds": 1}}],
+            "containers": [{
+                "name": "app", "image": image_ref("inflight-demo-app"), "imagePullPolicy": "Never",
+                "args": ["serve", "--listen", "0.0.0.0:8080", "--latency", latency],
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}}]})),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+         "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
+    ]})
+}
+
+pub fn hta(name: &str, target: &str, spec: Value) -> Value {
+    let mut base = json!({
+        "scaleTargetRef": {"kind": "Deployment", "name": target},
+        "service": {"name": "web", "port": 80, "targetPort": 8080},
+        "maxReplicas": 4
+    });
+    if let (Some(b), Some(extra)) = (base.as_object_mut(), spec.as_object()) {
+        b.extend(extra.clone());
+    }
+    json!({"apiVersion": "inflight.dev/v1alpha1", "kind": "HTTPAutoscaler",
+           "metadata": {"name": name}, "spec": base})
+}
+
+/// The CRD, applied by every test that needs it (kubectl apply is idempotent).
+pub fn install_crd(tb: &TestBed) {
+    let crd: Value = serde_json::from_str(&inflight_api::crd_text()).unwrap();
+    tb.apply_in("default", &crd).unwrap();
+    tb.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/httpautoscalers.inflight.dev",
+    ])
+    .unwrap();
+}
+
+/// `kubectl get` of one object as JSON, `None` when it does not exist.
+pub fn get(tb: &TestBed, what: &[&str]) -> Option<Value> {
+    let mut args = vec!["get"];
+    args.extend_from_slice(what);
+    args.extend_from_slice(&["-o", "json"]);
+    tb.kubectl(&args)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+}
+
+/// The IPs and port of an EndpointSlice's ready endpoints.
+pub fn slice_ready(tb: &TestBed, name: &str) -> Option<(Vec<String>, i64)> {
+    let s = get(tb, &[&format!("endpointslice/{name}")])?;
+    let port = s["ports"][0]["port"].as_i64().unwrap_or(0);
+    let ips = s["endpoints"]
+        .as_array()
+        .map(|eps| {
+            eps.iter()
+                .filter(|e| e["conditions"]["ready"] == json!(true))
+                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((ips, port))
+}
+
+/// The pod IPs of `app`'s ready pods.
+pub fn pod_ips(tb: &TestBed, app: &str) -> Vec<String> {
+    let pods = get(tb, &["pods", "-l", &format!("app={app}")]).unwrap_or_default();
+    pods["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .filter(|p| {
+                    p["status"]["conditions"].as_array().is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+                })
+                .filter_map(|p| p["status"]["podIP"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A condition of the HTTPAutoscaler `name`: (status, reason).
+pub fn condition(tb: &TestBed, name: &str, type_: &str) -> Option<(String, String)> {
+    let h = get(tb, &[&format!("httpautoscaler/{name}")])?;
+    h["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_owned(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+}
+
+/// Reasons of the Events about the HTTPAutoscaler `name`.
+pub fn event_reasons(tb: &TestBed, name: &str) -> Vec<String> {
+    let events = get(tb, &["events.events.k8s.io"]).unwrap_or_default();
+    events["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|e| {
+                    e["regarding"]["kind"] == "HTTPAutoscaler" && e["regarding"]["name"] == name
+                })
+                .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The chart's RBAC for the operator, applied for the test's namespace, and a kubeconfig that
+/// acts as its ServiceAccount: the operator then runs with exactly the chart's rights. The
+/// ClusterRole is the chart's; it is bound by a RoleBinding in the test's namespace instead of
+/// the chart's ClusterRoleBinding, which every test would otherwise rewrite for itself.
+pub fn chart_rbac_kubeconfig(tb: &TestBed) -> PathBuf {
+    let ns = tb.namespace();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/inflight/templates/operator-rbac.yaml"
+    ))
+    .unwrap()
+    .replace("{{ .Release.Namespace }}", ns);
+    assert!(
+        !text.contains("{{"),
+        "a template the test cannot render: {text}"
+    );
+    let docs: Vec<&str> = text
+        .split("\n---\n")
+        .filter(|d| !d.contains("kind: ClusterRoleBinding"))
+        .collect();
+    let path = std::env::temp_dir().join(format!("inflight-operator-rbac-{ns}.yaml"));
+    std::fs::write(&path, docs.join("\n---\n")).unwrap();
+    tb.kubectl(&["apply", "-f", &path.display().to_string()])
+        .unwrap();
+    tb.apply(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "inflight-operator-cluster-rules"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "inflight-operator"},
+        "subjects": [{"kind": "ServiceAccount", "name": "inflight-operator", "namespace": ns}]}))
+        .unwrap();
+    let token = tb
+        .kubectl(&["create", "token", "inflight-operator", "--duration=2h"])
+        .unwrap();
+    let admin: Value = serde_json::from_str(
+        &tb.kubectl(&["config", "view", "--raw", "--minify", "-o", "json"])
+            .unwrap(),
+    )
+    .unwrap();
+    let cluster = admin["clusters"][0]["cluster"].clone();
+    let config = json!({"apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "bed", "cluster": cluster}],
+        "users": [{"name": "inflight-operator", "user": {"token": token.trim()}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "bed", "user": "inflight-operator", "namespace": ns}}],
+        "current-context": "sa"});
+    let out = std::env::temp_dir().join(format!("inflight-operator-kubeconfig-{ns}.json"));
+    std::fs::write(&out, config.to_string()).unwrap();
+    out
+}
