@@ -148,34 +148,64 @@ async fn target(
         TargetKind::Deployment => Api::<Deployment>::namespaced(client.clone(), ns)
             .get_opt(name)
             .await?
-            .map(|d| Target {
-                replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-                ready: d
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.ready_replicas)
-                    .unwrap_or(0),
-                selector: d
-                    .spec
-                    .as_ref()
-                    .map_or(Err("no spec".into()), |s| selector_labels(&s.selector)),
+            .map(|d| {
+                let spec = d.spec.as_ref();
+                let ready = d.status.as_ref().and_then(|s| s.ready_replicas);
+                Target::new(
+                    spec.and_then(|s| s.replicas),
+                    ready,
+                    spec.map(|s| &s.selector),
+                )
             }),
         TargetKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), ns)
             .get_opt(name)
             .await?
-            .map(|d| Target {
-                replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-                ready: d
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.ready_replicas)
-                    .unwrap_or(0),
-                selector: d
-                    .spec
-                    .as_ref()
-                    .map_or(Err("no spec".into()), |s| selector_labels(&s.selector)),
+            .map(|d| {
+                let spec = d.spec.as_ref();
+                let ready = d.status.as_ref().and_then(|s| s.ready_replicas);
+                Target::new(
+                    spec.and_then(|s| s.replicas),
+                    ready,
+                    spec.map(|s| &s.selector),
+                )
             }),
     })
+}
+
+impl Target {
+    fn new(replicas: Option<i32>, ready: Option<i32>, selector: Option<&LabelSelector>) -> Self {
+        Self {
+            // The API server defaults an unset replicas to 1.
+            replicas: replicas.unwrap_or(1),
+            ready: ready.unwrap_or(0),
+            selector: selector.map_or(Err("it has no spec".into()), selector_labels),
+        }
+    }
+}
+
+/// Sets the target's replicas through its `scale` subresource.
+async fn scale(
+    client: &Client,
+    ns: &str,
+    hta: &HttpAutoscaler,
+    replicas: i32,
+) -> Result<(), kube::Error> {
+    let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
+    let name = &hta.spec.scale_target_ref.name;
+    let params = PatchParams::default();
+    match hta.spec.scale_target_ref.kind {
+        TargetKind::Deployment => {
+            Api::<Deployment>::namespaced(client.clone(), ns)
+                .patch_scale(name, &params, &patch)
+                .await?
+        }
+        TargetKind::StatefulSet => {
+            Api::<StatefulSet>::namespaced(client.clone(), ns)
+                .patch_scale(name, &params, &patch)
+                .await?
+        }
+    };
+    Ok(())
 }
 
 fn kind_name(hta: &HttpAutoscaler) -> String {
@@ -635,20 +665,7 @@ async fn cleanup(hta: &HttpAutoscaler, ctx: &Context) -> Result<Action, Error> {
     let at_least = hta.spec.min_replicas.max(1);
     if let Some(t) = target(client, &ns, hta).await? {
         if t.replicas == 0 {
-            let patch = Patch::Merge(json!({"spec": {"replicas": at_least}}));
-            let target_name = &hta.spec.scale_target_ref.name;
-            match hta.spec.scale_target_ref.kind {
-                TargetKind::Deployment => {
-                    Api::<Deployment>::namespaced(client.clone(), &ns)
-                        .patch_scale(target_name, &PatchParams::default(), &patch)
-                        .await?;
-                }
-                TargetKind::StatefulSet => {
-                    Api::<StatefulSet>::namespaced(client.clone(), &ns)
-                        .patch_scale(target_name, &PatchParams::default(), &patch)
-                        .await?;
-                }
-            }
+            scale(client, &ns, hta, at_least).await?;
             publish(ctx, hta, EventType::Normal, "ScaledUpOnDelete", format!(
                 "{} scaled from zero to {at_least}: nothing would wake it once this HTTPAutoscaler is gone",
                 kind_name(hta)

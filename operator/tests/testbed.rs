@@ -46,14 +46,6 @@ async fn base(tb: &TestBed) -> String {
     format!("{}:9090", cluster_ip(tb, "inflight-aggregator"))
 }
 
-async fn get_ok(client: &Client<HttpConnector, Empty<Bytes>>, ip: &str) -> bool {
-    let uri: hyper::Uri = format!("http://{ip}/").parse().unwrap();
-    match client.get(uri).await {
-        Ok(r) if r.status().is_success() => r.into_body().collect().await.is_ok(),
-        _ => false,
-    }
-}
-
 /// The body of a 2xx answer to `GET /` (the demo app names its pod in it).
 async fn body(client: &Client<HttpConnector, Empty<Bytes>>, ip: &str) -> Option<String> {
     let uri: hyper::Uri = format!("http://{ip}/").parse().unwrap();
@@ -64,6 +56,75 @@ async fn body(client: &Client<HttpConnector, Empty<Bytes>>, ip: &str) -> Option<
         .filter(|r| r.status().is_success())?;
     let bytes = r.into_body().collect().await.ok()?.to_bytes();
     Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Clients each sending `GET /` one after another through the Service until stopped, counting
+/// answers and failures and which pods answered.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    seen: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(ip: &str, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed, seen) =
+                    (stop.clone(), ok.clone(), failed.clone(), seen.clone());
+                let ip = ip.to_owned();
+                tokio::spawn(async move {
+                    // A connection per request: kube-proxy picks an endpoint per connection,
+                    // and a kept-alive one would stay with the side it first reached.
+                    let client = Client::builder(TokioExecutor::new())
+                        .pool_max_idle_per_host(0)
+                        .build(HttpConnector::new());
+                    while !stop.load(Ordering::Relaxed) {
+                        match body(&client, &ip).await {
+                            Some(b) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                // "hello from the inflight demo app on <pod>": who answered.
+                                let pod = b.split_whitespace().last().unwrap_or_default();
+                                let side = pod.split('-').next().unwrap_or_default().to_owned();
+                                seen.lock().unwrap().insert(side);
+                            }
+                            None => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            failed,
+            seen,
+            clients,
+        }
+    }
+
+    /// Stops the clients: (answers, failures, the Deployments whose pods answered).
+    async fn finish(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.clients {
+            c.await.unwrap();
+        }
+        let seen = self.seen.lock().unwrap().iter().cloned().collect();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            seen,
+        )
+    }
 }
 
 fn http() -> Client<HttpConnector, Empty<Bytes>> {
@@ -187,25 +248,7 @@ async fn testbed_httpautoscaler_adopts_the_service_scales_with_keda_and_gives_ev
 
     // Load through the Service: six requests of 500 ms in flight, target 2 → 3 replicas.
     let ip = cluster_ip(&tb, "web");
-    let stop = Arc::new(AtomicBool::new(false));
-    let failed = Arc::new(AtomicU64::new(0));
-    let ok = Arc::new(AtomicU64::new(0));
-    let clients: Vec<_> = (0..6)
-        .map(|_| {
-            let (stop, failed, ok, ip) = (stop.clone(), failed.clone(), ok.clone(), ip.clone());
-            tokio::spawn(async move {
-                let client = http();
-                while !stop.load(Ordering::Relaxed) {
-                    if get_ok(&client, &ip).await {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(&ip, 6);
     eventually("KEDA to scale web to 3 ready replicas", 240, || async {
         (replicas(&tb, "web") == (3, 3)).then_some(())
     })
@@ -221,20 +264,9 @@ async fn testbed_httpautoscaler_adopts_the_service_scales_with_keda_and_gives_ev
     )
     .await;
     eventually("still only the operator's slices for web", 10, only_ours).await;
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
-    println!(
-        "load: {} ok, {} failed",
-        ok.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed)
-    );
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "requests failed while scaling out"
-    );
+    let (ok, failed, _) = load.finish().await;
+    println!("load: {ok} ok, {failed} failed");
+    assert_eq!(failed, 0, "requests failed while scaling out");
 
     // Idle, and allowed to zero (held at one until now: a fresh aggregator has seen no request,
     // so KEDA would have taken web to zero before the load began): KEDA takes web to zero and
@@ -360,7 +392,9 @@ async fn testbed_at_zero_the_slice_follows_a_new_activator_and_flips_back_once_a
     .await;
 
     // A wake-up (KEDA told to hold web at one replica, standing in for the activator's push):
-    // serve mode once the pod's proxy answers, with the time and an Event.
+    // serve mode once the pod's proxy answers, with the time and an Event. Requests sent all the
+    // while are answered by the activator, then by web, and none fails at the switch.
+    let load = Load::start(&ip, 2);
     tb.kubectl(&[
         "annotate",
         "scaledobject",
@@ -385,6 +419,10 @@ async fn testbed_at_zero_the_slice_follows_a_new_activator_and_flips_back_once_a
         body(&http(), &ip).await.filter(|b| b.contains("on web-"))
     })
     .await;
+    let (ok, failed, seen) = load.finish().await;
+    println!("across the wake-up: {ok} answered by {seen:?}, {failed} failed");
+    assert_eq!(failed, 0, "requests failed across the switch to serve mode");
+    assert_eq!(seen, ["activator", "web"]);
     let events = eventually("WakingUp and ServeMode Events", 30, || async {
         let e = event_reasons(&tb, "web");
         (e.iter().any(|r| r == "WakingUp") && e.iter().any(|r| r == "ServeMode")).then_some(e)
@@ -573,39 +611,26 @@ async fn testbed_without_keda_the_condition_says_to_install_it() {
         &manifest.display().to_string(),
     ])
     .unwrap();
+    let field = |path: &str| {
+        let jsonpath = format!("jsonpath={path}");
+        kubectl(&["-n", "default", "get", "hta", "web", "-o", &jsonpath]).ok()
+    };
     eventually("ScaledObjectReady False: KEDANotInstalled", 60, || async {
-        let out = kubectl(&[
-            "-n",
-            "default",
-            "get",
-            "hta",
-            "web",
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"ScaledObjectReady\")].reason}",
-        ])
-        .ok()?;
-        (out == "KEDANotInstalled").then_some(())
+        let reason = field(r#"{.status.conditions[?(@.type=="ScaledObjectReady")].reason}"#)?;
+        (reason == "KEDANotInstalled").then_some(())
     })
     .await;
-    let message = kubectl(&[
-        "-n",
-        "default",
-        "get",
-        "hta",
-        "web",
-        "-o",
-        "jsonpath={.status.conditions[?(@.type==\"Ready\")].message}",
-    ])
-    .unwrap();
+    let message = field(r#"{.status.conditions[?(@.type=="Ready")].message}"#).unwrap();
     assert!(message.contains("install KEDA"), "{message}");
     eventually("a KEDANotInstalled Event", 30, || async {
+        let jsonpath = "jsonpath={.items[*].reason}";
         let out = kubectl(&[
             "-n",
             "default",
             "get",
             "events.events.k8s.io",
             "-o",
-            "jsonpath={.items[*].reason}",
+            jsonpath,
         ])
         .ok()?;
         out.contains("KEDANotInstalled").then_some(())
@@ -614,17 +639,7 @@ async fn testbed_without_keda_the_condition_says_to_install_it() {
     // Still running, and still reconciling the rest: the Service is there, in proxy mode.
     assert!(!operator.exited(), "the operator stopped");
     eventually("the Service made in proxy mode", 60, || async {
-        let mode = kubectl(&[
-            "-n",
-            "default",
-            "get",
-            "hta",
-            "web",
-            "-o",
-            "jsonpath={.status.mode}",
-        ])
-        .ok()?;
-        (mode == "Proxy").then_some(())
+        (field("{.status.mode}")? == "Proxy").then_some(())
     })
     .await;
     let _ = kubectl(&["-n", "default", "delete", "hta", "web", "--wait=false"]);

@@ -37,7 +37,11 @@ pub fn init_tracing(binary: &str) {
     let registry = tracing_subscriber::registry().with(filter);
     if json {
         registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .init();
     } else {
         registry
