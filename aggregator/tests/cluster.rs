@@ -115,25 +115,8 @@ fn requestheader_reader(ns: &str) -> serde_json::Value {
 }
 
 fn web_manifests(ns: &str) -> serde_json::Value {
-    let field = |path: &str| serde_json::json!({"fieldRef": {"fieldPath": path}});
     serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
-         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
-           "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
-             "initContainers": [{
-               "name": "inflight-proxy", "image": image_ref("inflight-proxy"), "imagePullPolicy": "Never",
-               "restartPolicy": "Always",
-               "args": ["--upstream", "127.0.0.1:8080", "--workload", "deployment/web",
-                        "--aggregator", format!("http://inflight-aggregator-ingest.{ns}.svc.cluster.local:9090")],
-               "env": [{"name": "POD_NAME", "valueFrom": field("metadata.name")},
-                       {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
-                       {"name": "POD_IP", "valueFrom": field("status.podIP")}],
-               "ports": [{"containerPort": 15080, "name": "inflight-http"}],
-               "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15090}, "periodSeconds": 1}}],
-             "containers": [{
-               "name": "app", "image": image_ref("inflight-demo-app"), "imagePullPolicy": "Never",
-               "args": ["serve", "--listen", "0.0.0.0:8080", "--latency", "500ms"],
-               "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}}]}}}},
+        inflight_testbed::manifests::proxied_demo(ns, "web", 1, "500ms"),
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
          "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 15080}]}},
         {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "web"},

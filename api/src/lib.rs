@@ -231,7 +231,23 @@ pub const ADOPTED_SELECTOR_ANNOTATION: &str = "inflight.dev/adopted-selector";
 /// `endpointslice-controller.k8s.io`).
 pub const SLICE_MANAGER: &str = "operator.inflight.dev";
 
+impl TargetKind {
+    /// As the workload's identity spells it (`deployment`, `statefulset`).
+    pub fn lowercase(self) -> &'static str {
+        match self {
+            TargetKind::Deployment => "deployment",
+            TargetKind::StatefulSet => "statefulset",
+        }
+    }
+}
+
 impl HttpAutoscaler {
+    /// The workload as the sidecars report it and the aggregator keys it: `deployment/web`.
+    pub fn workload(&self) -> String {
+        let t = &self.spec.scale_target_ref;
+        format!("{}/{}", t.kind.lowercase(), t.name)
+    }
+
     /// The private Service with the workload's selector, whose EndpointSlices say which pods are
     /// ready: the operator and the activator both read them.
     pub fn pods_service(&self) -> String {

@@ -4,8 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use inflight_api::HttpAutoscaler;
 use inflight_proto::externalscaler::external_scaler_client::ExternalScalerClient;
 use inflight_proto::externalscaler::{GetMetricsRequest, ScaledObjectRef};
+use inflight_proto::names::scaler_metric_name;
 use tonic::transport::Channel;
 
 #[derive(Debug, Clone)]
@@ -27,15 +29,19 @@ impl Aggregator {
 
     /// The workload's concurrency (requests in flight, windowed) in `namespace`, or `None` when the
     /// aggregator cannot say (down, or not yet a full window since it started).
-    pub async fn in_flight(&self, namespace: &str, name: &str, workload: &str) -> Option<f64> {
+    pub async fn in_flight(&self, hta: &HttpAutoscaler) -> Option<f64> {
         let mut client = self.client.clone()?;
-        let metric_name = format!("inflight-{namespace}-{}", workload.replace('/', "-"));
+        let namespace = hta.metadata.namespace.as_deref()?;
+        let name = hta.metadata.name.as_deref()?;
+        let target = &hta.spec.scale_target_ref;
+        let workload = hta.workload();
+        let metric_name = scaler_metric_name(namespace, target.kind.lowercase(), &target.name);
         let request = GetMetricsRequest {
             scaled_object_ref: Some(ScaledObjectRef {
                 name: name.to_owned(),
                 namespace: namespace.to_owned(),
                 scaler_metadata: HashMap::from([
-                    ("workload".to_owned(), workload.to_owned()),
+                    ("workload".to_owned(), workload.clone()),
                     ("metric".to_owned(), "concurrency".to_owned()),
                     ("target".to_owned(), "1".to_owned()),
                 ]),

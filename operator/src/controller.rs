@@ -288,29 +288,7 @@ async fn apply(hta: &HttpAutoscaler, ctx: &Context) -> Result<Action, Error> {
     {
         routed = route(hta, ctx, &ns, owner, selector.clone()).await?;
     }
-    let routing = match &routed {
-        Err(check) => check.clone(),
-        Ok(d) if d.mode == Mode::Proxy && d.proxy.is_empty() => {
-            let (act_ns, act_name) = &ctx.settings.activator_service;
-            Check::failed(
-                "NoActivator",
-                format!(
-                    "no pod is ready and Service {act_ns}/{act_name} has no ready activator: requests to {} fail until one is",
-                    hta.spec.service.name
-                ),
-            )
-        }
-        Ok(d) => Check::Ok(
-            "Ready",
-            match d.mode {
-                Mode::Serve => format!("serving through {} pod(s)", d.ready_pods),
-                Mode::Proxy => format!(
-                    "{} activator pod(s) take the traffic until a pod is ready",
-                    d.proxy.len()
-                ),
-            },
-        ),
-    };
+    let routing = routing_check(hta, ctx, &routed);
     if found.ok() {
         warn_on_change(ctx, hta, status::READY, &routing).await;
     }
@@ -318,52 +296,11 @@ async fn apply(hta: &HttpAutoscaler, ctx: &Context) -> Result<Action, Error> {
     let previous = hta.status.clone().unwrap_or_default();
     let (replicas, ready_replicas) = target.as_ref().map_or((0, 0), |t| (t.replicas, t.ready));
     let mode = routed.as_ref().ok().map(|d| d.mode);
-    if let (Some(mode), true) = (mode, previous.mode != mode) {
-        ctx.metrics.switched(mode);
-        let note = match (mode, &routed) {
-            (Mode::Serve, Ok(d)) => format!(
-                "Service {} now sends to {} ready pod(s)",
-                hta.spec.service.name, d.ready_pods
-            ),
-            _ => format!(
-                "no pod of {} is ready: Service {} now sends to the activator",
-                kind_name(hta),
-                hta.spec.service.name
-            ),
-        };
-        publish(ctx, hta, EventType::Normal, &format!("{mode:?}Mode"), note).await;
-    }
-    let mut last_activation = previous.last_activation_time.clone();
-    if hta.status.is_some() && target.is_some() {
-        if previous.replicas == 0 && replicas > 0 {
-            last_activation = Some(now.clone());
-            publish(
-                ctx,
-                hta,
-                EventType::Normal,
-                "WakingUp",
-                format!("{} scaled from zero to {replicas}", kind_name(hta)),
-            )
-            .await;
-        } else if previous.replicas > 0 && replicas == 0 {
-            publish(
-                ctx,
-                hta,
-                EventType::Normal,
-                "ScaledToZero",
-                format!("{} scaled to zero", kind_name(hta)),
-            )
-            .await;
-        }
-    }
-    let workload = format!(
-        "{}/{}",
-        format!("{:?}", hta.spec.scale_target_ref.kind).to_ascii_lowercase(),
-        hta.spec.scale_target_ref.name
-    );
+    let last_activation =
+        announce(ctx, hta, &routed, target.as_ref().map(|t| t.replicas), &now).await;
     let in_flight = ctx
         .aggregator
-        .in_flight(&ns, &name, &workload)
+        .in_flight(hta)
         .await
         .unwrap_or(previous.in_flight);
 
@@ -405,6 +342,74 @@ async fn apply(hta: &HttpAutoscaler, ctx: &Context) -> Result<Action, Error> {
         _ if !scaled.ok() => Action::requeue(Duration::from_secs(5)),
         _ => Action::requeue(ctx.settings.resync),
     })
+}
+
+/// What the Service's routing says for `Ready`.
+fn routing_check(hta: &HttpAutoscaler, ctx: &Context, routed: &Result<Desired, Check>) -> Check {
+    match routed {
+        Err(check) => check.clone(),
+        Ok(d) if d.mode == Mode::Proxy && d.proxy.is_empty() => {
+            let (act_ns, act_name) = &ctx.settings.activator_service;
+            Check::failed(
+                "NoActivator",
+                format!(
+                    "no pod is ready and Service {act_ns}/{act_name} has no ready activator: requests to {} fail until one is",
+                    hta.spec.service.name
+                ),
+            )
+        }
+        Ok(d) => Check::Ok(
+            "Ready",
+            match d.mode {
+                Mode::Serve => format!("serving through {} pod(s)", d.ready_pods),
+                Mode::Proxy => format!(
+                    "{} activator pod(s) take the traffic until a pod is ready",
+                    d.proxy.len()
+                ),
+            },
+        ),
+    }
+}
+
+/// Events for what changed since the last status: a mode switch, a wake-up, a scale to zero.
+/// Returns the last activation time, now if the workload just left zero.
+async fn announce(
+    ctx: &Context,
+    hta: &HttpAutoscaler,
+    routed: &Result<Desired, Check>,
+    replicas: Option<i32>,
+    now: &Time,
+) -> Option<Time> {
+    let previous = hta.status.clone().unwrap_or_default();
+    let svc = &hta.spec.service.name;
+    if let Ok(d) = routed {
+        if previous.mode != Some(d.mode) {
+            ctx.metrics.switched(d.mode);
+            let note = match d.mode {
+                Mode::Serve => format!("Service {svc} now sends to {} ready pod(s)", d.ready_pods),
+                Mode::Proxy => format!(
+                    "no pod of {} is ready: Service {svc} now sends to the activator",
+                    kind_name(hta)
+                ),
+            };
+            let reason = format!("{:?}Mode", d.mode);
+            publish(ctx, hta, EventType::Normal, &reason, note).await;
+        }
+    }
+    // Only against a status this operator wrote: a first reconcile is no transition.
+    let (Some(_), Some(replicas)) = (&hta.status, replicas) else {
+        return previous.last_activation_time;
+    };
+    if previous.replicas == 0 && replicas > 0 {
+        let note = format!("{} scaled from zero to {replicas}", kind_name(hta));
+        publish(ctx, hta, EventType::Normal, "WakingUp", note).await;
+        return Some(now.clone());
+    }
+    if previous.replicas > 0 && replicas == 0 {
+        let note = format!("{} scaled to zero", kind_name(hta));
+        publish(ctx, hta, EventType::Normal, "ScaledToZero", note).await;
+    }
+    previous.last_activation_time
 }
 
 /// Applies the ScaledObject unless one of that name is not ours, and reads KEDA's verdict.

@@ -119,14 +119,7 @@ pub fn spec_for(hta: &HttpAutoscaler, aggregator: &str) -> Result<ScaledObjectSp
         .map_err(|e| format!("pollingInterval: {e}"))?;
     let mut metadata = BTreeMap::from([
         ("scalerAddress".to_owned(), aggregator.to_owned()),
-        (
-            "workload".to_owned(),
-            format!(
-                "{}/{}",
-                kind.to_ascii_lowercase(),
-                spec.scale_target_ref.name
-            ),
-        ),
+        ("workload".to_owned(), hta.workload()),
         (
             "metric".to_owned(),
             match spec.metric.type_ {

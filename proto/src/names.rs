@@ -39,3 +39,10 @@ pub const OPERATOR_ADMIN_PORT: u16 = 15094;
 
 /// Prefix of every Prometheus metric we export.
 pub const METRIC_PREFIX: &str = "inflight";
+
+/// The external metric a ScaledObject's trigger gets for a workload: stable per workload and
+/// valid as a Kubernetes metric name. The aggregator answers KEDA under it; the operator asks it
+/// for the figure in an HTTPAutoscaler's status.
+pub fn scaler_metric_name(namespace: &str, kind: &str, name: &str) -> String {
+    format!("inflight-{namespace}-{kind}-{name}").to_ascii_lowercase()
+}

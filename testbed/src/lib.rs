@@ -19,6 +19,7 @@ pub mod dns;
 pub mod images;
 mod keda;
 pub mod layout;
+pub mod manifests;
 mod mounts;
 pub mod network;
 pub mod pki;

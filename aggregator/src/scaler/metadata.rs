@@ -49,7 +49,7 @@ impl Trigger {
     /// The metric's name: stable per workload and valid as a Kubernetes metric name.
     pub fn metric_name(&self) -> String {
         let w = &self.workload;
-        format!("inflight-{}-{}-{}", w.namespace, w.kind, w.name).to_ascii_lowercase()
+        inflight_proto::names::scaler_metric_name(&w.namespace, &w.kind, &w.name)
     }
 }
 

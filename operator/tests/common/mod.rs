@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use inflight_testbed::images::image_ref;
+use inflight_testbed::manifests::{demo_app, deployment, proxied_demo};
 use inflight_testbed::TestBed;
 use serde_json::{json, Value};
 
@@ -134,12 +135,6 @@ impl Drop for Operator {
     }
 }
 
-fn deployment(name: &str, replicas: i32, pod: Value) -> Value {
-    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-          "template": {"metadata": {"labels": {"app": name}}, "spec": pod}}})
-}
-
 /// One aggregator (gRPC only) and the Services KEDA and the proxies use.
 pub fn aggregator() -> Value {
     json!({"apiVersion": "v1", "kind": "List", "items": [
@@ -158,10 +153,7 @@ pub fn aggregator() -> Value {
 /// The activator's stand-in until the activator exists: a pod that answers every request.
 pub fn activator() -> Value {
     json!({"apiVersion": "v1", "kind": "List", "items": [
-        deployment("activator", 1, json!({"containers": [{
-            "name": "activator", "image": image_ref("inflight-demo-app"), "imagePullPolicy": "Never",
-            "args": ["serve", "--listen", "0.0.0.0:8080", "--latency", "0ms"],
-            "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}}]})),
+        deployment("activator", 1, json!({"containers": [demo_app("0ms")]})),
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "activator"},
          "spec": {"selector": {"app": "activator"}, "ports": [{"name": "http", "port": 8080}]}}
     ]})
@@ -170,23 +162,8 @@ pub fn activator() -> Value {
 /// `web`: the demo app (each request takes `latency`) behind inflight-proxy as the injector adds
 /// it, and the user's Service `web` with a selector, as it was before inflight.
 pub fn web(ns: &str, replicas: i32, latency: &str) -> Value {
-    let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
     json!({"apiVersion": "v1", "kind": "List", "items": [
-        deployment("web", replicas, json!({
-            "initContainers": [{
-                "name": "inflight-proxy", "image": image_ref("inflight-proxy"), "imagePullPolicy": "Never",
-                "restartPolicy": "Always",
-                "args": ["--upstream", "127.0.0.1:8080", "--workload", "deployment/web",
-                         "--aggregator", format!("http://inflight-aggregator-ingest.{ns}.svc.cluster.local:9090")],
-                "env": [{"name": "POD_NAME", "valueFrom": field("metadata.name")},
-                        {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
-                        {"name": "POD_IP", "valueFrom": field("status.podIP")}],
-                "ports": [{"containerPort": 15080, "name": "inflight-http"}],
-                "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15090}, "periodSeconds": 1}}],
-            "containers": [{
-                "name": "app", "image": image_ref("inflight-demo-app"), "imagePullPolicy": "Never",
-                "args": ["serve", "--listen", "0.0.0.0:8080", "--latency", latency],
-                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}}]})),
+        proxied_demo(ns, "web", replicas, latency),
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
          "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
     ]})

@@ -1,0 +1,50 @@
+//! Manifests the tests of several crates put on the bed, written once: the demo app, and the demo
+//! app behind `inflight-proxy` added by hand as the injector would add it (for tests that are not
+//! about the injector).
+
+use serde_json::{json, Value};
+
+use crate::images::image_ref;
+
+/// A Deployment `name` whose pods are labelled `app: <name>`, with `pod` as their spec.
+pub fn deployment(name: &str, replicas: i32, pod: Value) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+          "template": {"metadata": {"labels": {"app": name}}, "spec": pod}}})
+}
+
+/// The demo app serving on 8080, each request taking `latency`; it answers
+/// `hello from the inflight demo app on <pod>`.
+pub fn demo_app(latency: &str) -> Value {
+    json!({
+        "name": "app", "image": image_ref("inflight-demo-app"), "imagePullPolicy": "Never",
+        "args": ["serve", "--listen", "0.0.0.0:8080", "--latency", latency],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}})
+}
+
+/// `inflight-proxy` as a native sidecar in front of the app on 8080, reporting `workload`
+/// (`deployment/web`) to `aggregator` (a URL).
+pub fn proxy_sidecar(workload: &str, aggregator: &str) -> Value {
+    let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
+    json!({
+        "name": "inflight-proxy", "image": image_ref("inflight-proxy"), "imagePullPolicy": "Never",
+        "restartPolicy": "Always",
+        "args": ["--upstream", "127.0.0.1:8080", "--workload", workload, "--aggregator", aggregator],
+        "env": [{"name": "POD_NAME", "valueFrom": field("metadata.name")},
+                {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
+                {"name": "POD_IP", "valueFrom": field("status.podIP")}],
+        "ports": [{"containerPort": 15080, "name": "inflight-http"}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15090}, "periodSeconds": 1}})
+}
+
+/// Deployment `name`: the demo app behind `inflight-proxy`, reporting to the aggregator whose
+/// headless Service is `inflight-aggregator-ingest` in `ns`.
+pub fn proxied_demo(ns: &str, name: &str, replicas: i32, latency: &str) -> Value {
+    let aggregator = format!("http://inflight-aggregator-ingest.{ns}.svc.cluster.local:9090");
+    deployment(
+        name,
+        replicas,
+        json!({"initContainers": [proxy_sidecar(&format!("deployment/{name}"), &aggregator)],
+               "containers": [demo_app(latency)]}),
+    )
+}
