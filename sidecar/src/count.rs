@@ -17,7 +17,13 @@ use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 use tokio::sync::watch;
 
-use crate::proxy::{Forwarder, UpstreamBody};
+use inflight_forward::{Forwarder, Speaker, UpstreamBody};
+
+/// How the sidecar names itself and its upstream when forwarding fails.
+const SPEAKER: Speaker = Speaker {
+    component: "inflight-proxy",
+    upstream: "the app",
+};
 use crate::stats::{Class, Stats};
 
 /// The body the proxy answers with: the upstream's, counted, or our own error.
@@ -118,7 +124,7 @@ impl CountingProxy {
                 if let Some(mut guard) = guard {
                     guard.class = Some(Class::ServerError);
                 }
-                error.to_response().map(Either::Right)
+                error.to_response(SPEAKER).map(Either::Right)
             }
         }
     }

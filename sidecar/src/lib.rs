@@ -1,6 +1,6 @@
 //! `inflight-proxy`: the per-pod reverse proxy of inflight.
 //!
-//! It forwards every request to the app on localhost ([`proxy`]), counts what
+//! It forwards every request to the app on localhost (the `inflight-forward` crate), counts what
 //! is in flight ([`count`], [`stats`]), reports each interval to the
 //! aggregators ([`report`]) and answers the kubelet and Prometheus
 //! ([`admin`]). On SIGTERM, or when the app's preStop hook calls `/drain`
@@ -14,7 +14,6 @@ pub mod config;
 pub mod count;
 pub mod drain;
 pub mod metrics;
-pub mod proxy;
 pub mod report;
 pub mod server;
 pub mod stats;
@@ -31,9 +30,9 @@ use tokio::time::Instant;
 pub use config::Config;
 
 use crate::count::CountingProxy;
-use crate::proxy::{Forwarder, ForwarderConfig};
 use crate::report::{ReportMetrics, Reporter, Target};
 use crate::stats::Stats;
+use inflight_forward::{Forwarder, ForwarderConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -253,7 +253,7 @@ pub async fn accept(
             _ = std::future::ready(()), if stopping => break,
         };
         let _ = stream.set_nodelay(true);
-        crate::proxy::set_tcp_keepalive(&stream, limits.tcp_keepalive);
+        inflight_forward::set_tcp_keepalive(&stream, limits.tcp_keepalive);
         let Ok(stream) = stream.into_std() else {
             continue;
         };

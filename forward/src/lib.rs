@@ -1,7 +1,7 @@
 //! The proxy core: forwards one request to one upstream and hands back its
 //! response, untouched but for hop-by-hop headers. It knows nothing of
-//! counting; the sidecar wraps it with [`crate::count`], and the activator
-//! uses it as it is to forward held requests to a ready pod.
+//! counting or holding: the sidecar counts around it (`inflight_proxy::count`),
+//! and the activator holds in front of it, with a [`Forwarder`] per ready pod.
 //!
 //! HTTP/1.x requests go over our own pool of HTTP/1.1 keep-alive connections
 //! ([`Http1Pool`]); HTTP/2 requests over hyper's pool of multiplexed h2c
@@ -30,6 +30,16 @@ use pool::{BoxError, SendError};
 pub use pool::{Http1Pool, UpstreamBody};
 pub use upgrade::Tunnel;
 use upload::RequestBody;
+
+/// Who answers when forwarding fails, in the body the client gets: the
+/// sidecar speaks of "the app", the activator of a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Speaker {
+    /// `inflight-proxy`, `inflight-activator`.
+    pub component: &'static str,
+    /// What the upstream is to the client: `the app`, `the pod`.
+    pub upstream: &'static str,
+}
 
 /// How to reach the upstream and how to treat requests on the way.
 #[derive(Debug, Clone)]
@@ -100,15 +110,14 @@ impl ForwardError {
     /// The response the client gets: the status and a short body that says
     /// what went wrong in general terms. The cause, which names our
     /// internals, is for the log.
-    pub fn to_response(&self) -> Response<Full<Bytes>> {
-        let body = match self {
-            ForwardError::Connect { .. } => {
-                "inflight-proxy: the app is not accepting connections\n"
-            }
-            ForwardError::Timeout { .. } => "inflight-proxy: the app did not respond in time\n",
-            ForwardError::Upstream { .. } => "inflight-proxy: the app failed before responding\n",
+    pub fn to_response(&self, speaker: Speaker) -> Response<Full<Bytes>> {
+        let what = match self {
+            ForwardError::Connect { .. } => "is not accepting connections",
+            ForwardError::Timeout { .. } => "did not respond in time",
+            ForwardError::Upstream { .. } => "failed before responding",
         };
-        let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        let body = format!("{}: {} {what}\n", speaker.component, speaker.upstream);
+        let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = self.status();
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
@@ -283,5 +292,31 @@ impl Forwarder {
         // Scheme, authority and path are all set, so this cannot fail; fall
         // back to the original rather than panic if it ever did.
         Uri::from_parts(parts).unwrap_or_else(|_| original.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn an_error_answer_names_who_speaks_and_of_what() {
+        let e = ForwardError::Timeout {
+            upstream: Authority::from_static("10.0.0.1:15080"),
+            after: Duration::from_secs(1),
+        };
+        let speaker = Speaker {
+            component: "inflight-activator",
+            upstream: "the pod",
+        };
+        let r = e.to_response(speaker);
+        assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &body[..],
+            b"inflight-activator: the pod did not respond in time\n"
+        );
     }
 }
