@@ -30,9 +30,10 @@ use tokio::time::Instant;
 pub use config::Config;
 
 use crate::count::CountingProxy;
-use crate::report::{ReportMetrics, Reporter, Target};
+use crate::report::Reporter;
 use crate::stats::Stats;
 use inflight_forward::{Forwarder, ForwarderConfig};
+use inflight_report::{ReportMetrics, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -43,7 +44,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Target(#[from] report::TargetError),
+    Target(#[from] inflight_report::TargetError),
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error("cannot start a worker thread: {0}")]

@@ -13,6 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use inflight_proto::{latency_bucket, LATENCY_BUCKETS};
+use inflight_report::{average, Integral};
 use inflight_runtime::lock;
 use tokio::sync::Notify;
 
@@ -104,11 +105,8 @@ impl HistogramSnapshot {
 /// request path; the reporter, `/stats` and `/metrics` read it now and then.
 #[derive(Debug)]
 struct Tally {
-    in_flight: u64,
-    /// When `in_flight` last changed (or the integral was last brought up to date).
-    since: Instant,
-    /// Integral of in-flight over time since the interval began, in request-nanoseconds.
-    integral: u128,
+    /// Requests in flight, and their integral over time since the interval began.
+    in_flight: Integral,
     started_in_interval: u64,
     requests: u64,
     classes: [u64; Class::ALL.len()],
@@ -119,23 +117,13 @@ struct Tally {
 impl Tally {
     fn new(now: Instant) -> Self {
         Self {
-            in_flight: 0,
-            since: now,
-            integral: 0,
+            in_flight: Integral::new(now),
             started_in_interval: 0,
             requests: 0,
             classes: [0; Class::ALL.len()],
             latency: [0; LATENCY_BUCKETS],
             latency_sum_nanos: 0,
         }
-    }
-
-    fn catch_up(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.since).as_nanos();
-        self.integral = self
-            .integral
-            .saturating_add(u128::from(self.in_flight).saturating_mul(elapsed));
-        self.since = self.since.max(now);
     }
 }
 
@@ -219,8 +207,7 @@ impl Stats {
     pub fn start(&self, shard: usize, now: Instant) {
         {
             let mut t = self.shard(shard);
-            t.catch_up(now);
-            t.in_flight += 1;
+            t.in_flight.up(now);
             t.started_in_interval += 1;
             t.requests += 1;
         }
@@ -234,8 +221,7 @@ impl Stats {
     /// A counted request on worker `shard` ends, `elapsed` after it started.
     pub fn end(&self, shard: usize, now: Instant, class: Class, elapsed: Duration) {
         let mut t = self.shard(shard);
-        t.catch_up(now);
-        t.in_flight = t.in_flight.saturating_sub(1);
+        t.in_flight.down(now);
         t.classes[class.index()] += 1;
         // A cancelled request has no meaningful duration: the client decided it.
         if class != Class::Cancelled {
@@ -250,9 +236,8 @@ impl Stats {
         let mut interval_start = lock(&self.interval_start);
         let (mut integral, mut in_flight, mut started) = (0u128, 0u64, 0u64);
         for mut t in self.each_shard() {
-            t.catch_up(now);
-            integral = integral.saturating_add(std::mem::take(&mut t.integral));
-            in_flight = in_flight.saturating_add(t.in_flight);
+            integral = integral.saturating_add(t.in_flight.take(now));
+            in_flight = in_flight.saturating_add(t.in_flight.level());
             started = started.saturating_add(std::mem::take(&mut t.started_in_interval));
         }
         let length = now.saturating_duration_since(*interval_start);
@@ -268,11 +253,7 @@ impl Stats {
                 self.wake.notify_one();
             }
         }
-        let average = if length.is_zero() {
-            in_flight as f64
-        } else {
-            integral as f64 / length.as_nanos() as f64
-        };
+        let average = average(integral, length, in_flight);
         IntervalConcurrency {
             length,
             average,
@@ -287,7 +268,7 @@ impl Stats {
 
     pub fn in_flight(&self) -> u64 {
         self.each_shard()
-            .fold(0, |n, t| n.saturating_add(t.in_flight))
+            .fold(0, |n, t| n.saturating_add(t.in_flight.level()))
     }
 
     pub fn requests_total(&self) -> u64 {

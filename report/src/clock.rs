@@ -84,6 +84,25 @@ impl WallClock {
     }
 }
 
+/// The interval of two reports folded into one: as long as both, ending where the newer ends.
+///
+/// A reporter's intervals follow each other without a gap unless the wall clock was stepped
+/// between them; then the older one is re-dated to just before the newer (it did happen just
+/// before it), rather than stretching one report over the step.
+pub fn span(
+    older: &inflight_proto::v1::Interval,
+    newer: &inflight_proto::v1::Interval,
+) -> inflight_proto::v1::Interval {
+    let end = newer
+        .start_unix_ms
+        .saturating_add(i64::from(newer.length_ms));
+    let length_ms = older.length_ms.saturating_add(newer.length_ms).max(1);
+    inflight_proto::v1::Interval {
+        start_unix_ms: end.saturating_sub(i64::from(length_ms)),
+        length_ms,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,60 +1,33 @@
-//! Building a report from an interval's figures, and folding reports that
-//! could not be sent into one, so a reporter cut off from an aggregator holds
-//! one report per aggregator, however long the outage.
+//! A sidecar's report: folding reports that could not be sent into one, so a
+//! reporter cut off from an aggregator holds one report per aggregator,
+//! however long the outage.
 
-use inflight_proto::v1::{Interval, LatencyHistogram, PodIdentity, PodReport, Responses};
+use inflight_proto::v1::{report_request, LatencyHistogram, PodReport, ReportRequest, Responses};
 use inflight_proto::LATENCY_BUCKETS;
 
-use super::clock::Placed;
-use crate::stats::{Class, Counters, IntervalConcurrency};
+use crate::Report;
 
-/// The report of one interval, dated where `placed` puts it.
-pub fn build(
-    identity: &PodIdentity,
-    placed: Placed,
-    concurrency: IntervalConcurrency,
-    delta: &Counters,
-) -> PodReport {
-    PodReport {
-        pod: Some(identity.clone()),
-        interval: Some(Interval {
-            start_unix_ms: placed.start_unix_ms,
-            length_ms: placed.length_ms.max(1),
-        }),
-        avg_concurrency: concurrency.average,
-        in_flight: u32::try_from(concurrency.in_flight).unwrap_or(u32::MAX),
-        requests: delta.requests,
-        responses: Some(Responses {
-            class_1xx: delta.class(Class::Informational),
-            class_2xx: delta.class(Class::Success),
-            class_3xx: delta.class(Class::Redirection),
-            class_4xx: delta.class(Class::ClientError),
-            class_5xx: delta.class(Class::ServerError),
-            grpc_failure: delta.class(Class::GrpcFailure),
-            cancelled: delta.class(Class::Cancelled),
-        }),
-        latency: Some(LatencyHistogram {
-            counts: delta.latency.counts.to_vec(),
-            sum_seconds: delta.latency.sum_seconds,
-        }),
+impl Report for PodReport {
+    fn merge(older: Self, newer: Self) -> Self {
+        merge(older, newer)
+    }
+
+    fn into_request(self) -> ReportRequest {
+        ReportRequest {
+            report: Some(report_request::Report::Pod(self)),
+        }
     }
 }
 
 /// Folds `newer` into `older`: one interval as long as both, ending where
-/// the newer ends, counts added, average concurrency weighted by time,
-/// in-flight as of the newer one.
-///
-/// A pod's reports follow each other without a gap unless the wall clock was
-/// stepped between them; then the older one is re-dated to just before the
-/// newer (it did happen just before it), rather than stretching one report
-/// over the step and filling it with the average.
+/// the newer ends ([`crate::clock::span`]), counts added, average concurrency
+/// weighted by time, in-flight as of the newer one.
 pub fn merge(older: PodReport, newer: PodReport) -> PodReport {
     let (Some(a), Some(b)) = (older.interval, newer.interval) else {
         return newer;
     };
-    let end = b.start_unix_ms.saturating_add(i64::from(b.length_ms));
-    let length_ms = a.length_ms.saturating_add(b.length_ms).max(1);
-    let start = end.saturating_sub(i64::from(length_ms));
+    let interval = crate::clock::span(&a, &b);
+    let length_ms = interval.length_ms;
     let weighted = older.avg_concurrency * f64::from(a.length_ms)
         + newer.avg_concurrency * f64::from(b.length_ms);
     let responses = match (older.responses, newer.responses) {
@@ -87,10 +60,7 @@ pub fn merge(older: PodReport, newer: PodReport) -> PodReport {
     };
     PodReport {
         pod: newer.pod.or(older.pod),
-        interval: Some(Interval {
-            start_unix_ms: start,
-            length_ms,
-        }),
+        interval: Some(interval),
         avg_concurrency: weighted / f64::from(length_ms),
         in_flight: newer.in_flight,
         requests: older.requests.saturating_add(newer.requests),
@@ -102,6 +72,7 @@ pub fn merge(older: PodReport, newer: PodReport) -> PodReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use inflight_proto::v1::{Interval, PodIdentity};
 
     fn report(start: i64, length_ms: u32, avg: f64, requests: u64, ok: u64) -> PodReport {
         let mut counts = vec![0; LATENCY_BUCKETS];
@@ -164,23 +135,5 @@ mod tests {
         let i = merged.interval.unwrap_or_default();
         assert_eq!((i.start_unix_ms, i.length_ms), (0, 2_000));
         assert_eq!(merged.requests, 10);
-    }
-
-    #[test]
-    fn build_never_sends_a_zero_length_interval() {
-        let placed = Placed {
-            start_unix_ms: 5,
-            length_ms: 0,
-            stepped_ms: None,
-        };
-        let c = IntervalConcurrency {
-            length: std::time::Duration::from_micros(200),
-            average: 1.0,
-            in_flight: 1,
-        };
-        let r = build(&PodIdentity::default(), placed, c, &Counters::default());
-        let i = r.interval.unwrap_or_default();
-        assert_eq!((i.start_unix_ms, i.length_ms), (5, 1));
-        assert_eq!(r.latency.unwrap_or_default().counts.len(), LATENCY_BUCKETS);
     }
 }

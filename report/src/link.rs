@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use inflight_proto::v1::ingest_client::IngestClient;
-use inflight_proto::v1::{report_request, PodReport, ReportRequest};
+use inflight_proto::v1::ReportRequest;
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
 use inflight_runtime::lock;
 
-use super::{merge, ReportMetrics};
+use crate::{Report, ReportMetrics};
 
 /// What `/stats` shows of a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -24,9 +24,9 @@ pub struct LinkState {
 }
 
 #[derive(Debug)]
-pub(super) struct Link {
+pub(crate) struct Link<R> {
     addr: SocketAddr,
-    pending: Mutex<Option<PodReport>>,
+    pending: Mutex<Option<R>>,
     ready: Notify,
     connected: AtomicBool,
     sent: AtomicU64,
@@ -59,8 +59,8 @@ impl Backoff {
     }
 }
 
-impl Link {
-    pub(super) fn new(addr: SocketAddr) -> Self {
+impl<R: Report> Link<R> {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
             pending: Mutex::new(None),
@@ -70,43 +70,43 @@ impl Link {
         }
     }
 
-    pub(super) fn state(&self) -> LinkState {
+    pub(crate) fn state(&self) -> LinkState {
         LinkState {
             connected: self.connected.load(Ordering::Relaxed),
             sent: self.sent.load(Ordering::Relaxed),
         }
     }
 
-    pub(super) fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         lock(&self.pending).is_some()
     }
 
     /// Queues a report, merging it into one that is still waiting.
-    pub(super) fn offer(&self, report: PodReport) {
+    pub(crate) fn offer(&self, report: R) {
         {
             let mut pending = lock(&self.pending);
             *pending = Some(match pending.take() {
-                Some(older) => merge::merge(older, report),
+                Some(older) => R::merge(older, report),
                 None => report,
             });
         }
         self.ready.notify_one();
     }
 
-    fn take(&self) -> Option<PodReport> {
+    fn take(&self) -> Option<R> {
         lock(&self.pending).take()
     }
 
     /// Puts back a report that could not be sent, ahead of anything newer.
-    fn put_back(&self, report: PodReport) {
+    fn put_back(&self, report: R) {
         let mut pending = lock(&self.pending);
         *pending = Some(match pending.take() {
-            Some(newer) => merge::merge(report, newer),
+            Some(newer) => R::merge(report, newer),
             None => report,
         });
     }
 
-    pub(super) async fn run(self: Arc<Self>, metrics: ReportMetrics) {
+    pub(crate) async fn run(self: Arc<Self>, metrics: ReportMetrics) {
         let mut backoff = Backoff::new();
         let mut failures_logged = 0u32;
         loop {
@@ -156,9 +156,7 @@ impl Link {
         let result = loop {
             // A report may have been queued while we were connecting.
             if let Some(report) = self.take() {
-                let message = ReportRequest {
-                    report: Some(report_request::Report::Pod(report.clone())),
-                };
+                let message = report.clone().into_request();
                 tokio::select! {
                     permit = tx.reserve() => match permit {
                         Ok(permit) => {
@@ -202,6 +200,7 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use inflight_proto::v1::PodReport;
 
     #[test]
     fn backoff_grows_to_its_ceiling_with_jitter_in_the_upper_half() {
@@ -215,7 +214,7 @@ mod tests {
 
     #[test]
     fn unsent_reports_merge_into_one() {
-        let link = Link::new(SocketAddr::from(([127, 0, 0, 1], 1)));
+        let link = Link::<PodReport>::new(SocketAddr::from(([127, 0, 0, 1], 1)));
         for i in 0..1000 {
             link.offer(PodReport {
                 interval: Some(inflight_proto::v1::Interval {
