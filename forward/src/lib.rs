@@ -2,6 +2,10 @@
 //! response, untouched but for hop-by-hop headers. It knows nothing of
 //! counting or holding: the sidecar counts around it (`inflight_proxy::count`),
 //! and the activator holds in front of it, with a [`Forwarder`] per ready pod.
+//! [`server`] is the data port both serve requests on: one acceptor, a worker
+//! thread per CPU, each connection under the same client limits, and a
+//! [`server::Handler`] (the sidecar's counting proxy, the activator's holder)
+//! for its requests.
 //!
 //! HTTP/1.x requests go over our own pool of HTTP/1.1 keep-alive connections
 //! ([`Http1Pool`]); HTTP/2 requests over hyper's pool of multiplexed h2c
@@ -12,6 +16,7 @@
 mod connect;
 pub mod headers;
 mod pool;
+pub mod server;
 mod upgrade;
 mod upload;
 

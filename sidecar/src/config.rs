@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 use http::uri::{Authority, PathAndQuery};
+pub use inflight_forward::server::Connections;
 use inflight_proto::v1::{PodIdentity, WorkloadRef};
 
 #[derive(Debug, Clone, Parser)]
@@ -294,55 +295,6 @@ impl Config {
             self.app_ready_timeout,
         )
     }
-}
-
-/// What the data port allows its clients, and how long connections live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
-pub struct Connections {
-    /// Close a new connection that has not sent a whole request head (HTTP/1)
-    /// or told HTTP/1 from h2c (its first bytes) within this long.
-    #[arg(
-        id = "data_header_read_timeout",
-        long = "header-read-timeout",
-        value_name = "DURATION",
-        env = "INFLIGHT_HEADER_READ_TIMEOUT",
-        default_value = "10s",
-        value_parser = parse_positive_duration
-    )]
-    pub header_read_timeout: Duration,
-
-    /// Close an HTTP/1 keep-alive connection that has not sent the whole head
-    /// of its next request within this long of the previous response.
-    #[arg(long, env = "INFLIGHT_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
-    pub idle_timeout: Duration,
-
-    /// Client connections open at once; more wait in the listen backlog
-    /// until one closes.
-    #[arg(
-        id = "data_max_connections",
-        long = "max-connections",
-        value_name = "N",
-        env = "INFLIGHT_MAX_CONNECTIONS",
-        default_value_t = 4096,
-        value_parser = clap::value_parser!(u32).range(1..)
-    )]
-    pub max_connections: u32,
-
-    /// HTTP/2 clients: ping a connection idle this long and close it when
-    /// the ping is not answered within as long again.
-    #[arg(long, env = "INFLIGHT_H2_KEEPALIVE", default_value = "20s", value_parser = parse_positive_duration)]
-    pub h2_keepalive: Duration,
-
-    /// TCP keepalive on client and app connections: the first probe after
-    /// this long without traffic, so a peer that vanished (a half-open
-    /// connection) is found in about twice this.
-    #[arg(long, env = "INFLIGHT_TCP_KEEPALIVE", default_value = "30s", value_parser = parse_positive_duration)]
-    pub tcp_keepalive: Duration,
-
-    /// Close an upgraded connection (websocket) that has carried no byte
-    /// either way for this long.
-    #[arg(long, env = "INFLIGHT_TUNNEL_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_positive_duration)]
-    pub tunnel_idle_timeout: Duration,
 }
 
 #[cfg(test)]

@@ -15,16 +15,17 @@ use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
-use tokio::sync::watch;
 
+use inflight_forward::server::{Handler, KeepWhileOpen, Tunnels};
 use inflight_forward::{Forwarder, Speaker, UpstreamBody};
+
+use crate::stats::{Class, Stats};
 
 /// How the sidecar names itself and its upstream when forwarding fails.
 const SPEAKER: Speaker = Speaker {
     component: "inflight-proxy",
     upstream: "the app",
 };
-use crate::stats::{Class, Stats};
 
 /// The body the proxy answers with: the upstream's, counted, or our own error.
 pub type ProxyBody = Either<CountedBody, Full<Bytes>>;
@@ -37,6 +38,23 @@ pub struct CountingProxy {
     /// The worker's shard of `stats`.
     shard: usize,
     tunnels: Tunnels,
+}
+
+impl Handler for CountingProxy {
+    type Body = ProxyBody;
+    type Error = <ProxyBody as Body>::Error;
+
+    fn handle(
+        &self,
+        request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> impl std::future::Future<Output = Response<ProxyBody>> + Send {
+        CountingProxy::handle(self, request, client)
+    }
+
+    fn tunnels(&self) -> &Tunnels {
+        &self.tunnels
+    }
 }
 
 impl CountingProxy {
@@ -127,50 +145,6 @@ impl CountingProxy {
                 error.to_response(SPEAKER).map(Either::Right)
             }
         }
-    }
-}
-
-/// What an upgraded connection keeps for its whole life, beyond the
-/// request that opened it (the server's place for it under the connection
-/// cap); the server puts it in the request's extensions.
-#[derive(Debug, Clone)]
-pub struct KeepWhileOpen(pub Arc<dyn std::any::Any + Send + Sync>);
-
-/// How many upgraded connections are open.
-#[derive(Debug, Clone)]
-pub struct Tunnels(Arc<watch::Sender<usize>>);
-
-impl Default for Tunnels {
-    fn default() -> Self {
-        Self(Arc::new(watch::Sender::new(0)))
-    }
-}
-
-impl Tunnels {
-    fn open(&self) -> OpenTunnel {
-        self.0.send_modify(|open| *open += 1);
-        OpenTunnel(self.0.clone())
-    }
-
-    /// Open now.
-    pub fn open_now(&self) -> usize {
-        *self.0.borrow()
-    }
-
-    /// Resolves when none is open.
-    pub async fn all_closed(&self) {
-        let mut open = self.0.subscribe();
-        // The sender lives in `self`, so this only returns once none is open.
-        let _ = open.wait_for(|open| *open == 0).await;
-    }
-}
-
-#[derive(Debug)]
-struct OpenTunnel(Arc<watch::Sender<usize>>);
-
-impl Drop for OpenTunnel {
-    fn drop(&mut self) {
-        self.0.send_modify(|open| *open = open.saturating_sub(1));
     }
 }
 

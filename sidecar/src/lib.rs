@@ -15,7 +15,7 @@ pub mod count;
 pub mod drain;
 pub mod metrics;
 pub mod report;
-pub mod server;
+pub use inflight_forward::server;
 pub mod stats;
 
 use std::future::Future;

@@ -28,8 +28,24 @@ use tokio::time::Instant;
 
 mod idle;
 
-pub use crate::config::Connections;
-use crate::count::{CountingProxy, KeepWhileOpen};
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::{Bytes, Incoming};
+use inflight_runtime::admin::positive_duration;
+
+/// What serves the requests of the connections a worker takes: the sidecar's counting proxy,
+/// the activator's holder.
+pub trait Handler: Send + Sync + 'static {
+    type Body: Body<Data = Bytes, Error = Self::Error> + Send + Unpin + 'static;
+    type Error: Into<Box<dyn std::error::Error + Send + Sync>>;
+    fn handle(
+        &self,
+        request: Request<Incoming>,
+        client: std::net::SocketAddr,
+    ) -> impl std::future::Future<Output = Response<Self::Body>> + Send;
+    /// Upgraded connections still open, which a drain waits for.
+    fn tunnels(&self) -> &Tunnels;
+}
 
 /// How long open connections may take to finish once accepting has stopped.
 pub type Grace = Arc<dyn Fn() -> Duration + Send + Sync>;
@@ -50,9 +66,9 @@ struct Accepted {
 
 /// Starts a worker on a thread of its own with a single-threaded runtime.
 /// `make_proxy` runs on that thread, so the proxy's pools belong to it.
-pub fn spawn_worker_thread(
+pub fn spawn_worker_thread<H: Handler>(
     name: String,
-    make_proxy: impl FnOnce() -> CountingProxy + Send + 'static,
+    make_proxy: impl FnOnce() -> H + Send + 'static,
     grace: Grace,
     limits: Connections,
 ) -> std::io::Result<(Worker, oneshot::Receiver<()>)> {
@@ -68,9 +84,9 @@ pub fn spawn_worker_thread(
     Ok((Worker { connections: tx }, done_rx))
 }
 
-async fn work(
+async fn work<H: Handler>(
     mut connections: mpsc::UnboundedReceiver<Accepted>,
-    proxy: CountingProxy,
+    proxy: H,
     grace: Grace,
     limits: Connections,
 ) {
@@ -113,7 +129,7 @@ async fn work(
             // client may keep an idle connection open, and pings watch it.
             let requests = (protocol == Protocol::Http1).then(|| idle::Requests::new(opened));
             let watched = requests.clone();
-            let service = service_fn(move |mut request: http::Request<_>| {
+            let service = service_fn(move |mut request: Request<_>| {
                 if request.headers().contains_key(http::header::UPGRADE) {
                     let slot: Arc<dyn std::any::Any + Send + Sync> = slot.clone();
                     request.extensions_mut().insert(KeepWhileOpen(slot));
@@ -253,11 +269,105 @@ pub async fn accept(
             _ = std::future::ready(()), if stopping => break,
         };
         let _ = stream.set_nodelay(true);
-        inflight_forward::set_tcp_keepalive(&stream, limits.tcp_keepalive);
+        crate::set_tcp_keepalive(&stream, limits.tcp_keepalive);
         let Ok(stream) = stream.into_std() else {
             continue;
         };
         let _ = workers[next].connections.send(Accepted { stream, permit });
         next = (next + 1) % workers.len();
+    }
+}
+
+/// What the data port allows its clients, and how long connections live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct Connections {
+    /// Close a new connection that has not sent a whole request head (HTTP/1)
+    /// or told HTTP/1 from h2c (its first bytes) within this long.
+    #[arg(
+        id = "data_header_read_timeout",
+        long = "header-read-timeout",
+        value_name = "DURATION",
+        env = "INFLIGHT_HEADER_READ_TIMEOUT",
+        default_value = "10s",
+        value_parser = positive_duration
+    )]
+    pub header_read_timeout: Duration,
+
+    /// Close an HTTP/1 keep-alive connection that has not sent the whole head
+    /// of its next request within this long of the previous response.
+    #[arg(long, env = "INFLIGHT_IDLE_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
+    pub idle_timeout: Duration,
+
+    /// Client connections open at once; more wait in the listen backlog
+    /// until one closes.
+    #[arg(
+        id = "data_max_connections",
+        long = "max-connections",
+        value_name = "N",
+        env = "INFLIGHT_MAX_CONNECTIONS",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_connections: u32,
+
+    /// HTTP/2 clients: ping a connection idle this long and close it when
+    /// the ping is not answered within as long again.
+    #[arg(long, env = "INFLIGHT_H2_KEEPALIVE", default_value = "20s", value_parser = positive_duration)]
+    pub h2_keepalive: Duration,
+
+    /// TCP keepalive on client and app connections: the first probe after
+    /// this long without traffic, so a peer that vanished (a half-open
+    /// connection) is found in about twice this.
+    #[arg(long, env = "INFLIGHT_TCP_KEEPALIVE", default_value = "30s", value_parser = positive_duration)]
+    pub tcp_keepalive: Duration,
+
+    /// Close an upgraded connection (websocket) that has carried no byte
+    /// either way for this long.
+    #[arg(long, env = "INFLIGHT_TUNNEL_IDLE_TIMEOUT", default_value = "1h", value_parser = positive_duration)]
+    pub tunnel_idle_timeout: Duration,
+}
+
+/// What an upgraded connection keeps for its whole life, beyond the
+/// request that opened it (the server's place for it under the connection
+/// cap); the server puts it in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct KeepWhileOpen(pub Arc<dyn std::any::Any + Send + Sync>);
+
+/// How many upgraded connections are open.
+#[derive(Debug, Clone)]
+pub struct Tunnels(Arc<watch::Sender<usize>>);
+
+impl Default for Tunnels {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(0)))
+    }
+}
+
+impl Tunnels {
+    /// One more open; one fewer when the returned guard is dropped.
+    pub fn open(&self) -> OpenTunnel {
+        self.0.send_modify(|open| *open += 1);
+        OpenTunnel(self.0.clone())
+    }
+
+    /// Open now.
+    pub fn open_now(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    /// Resolves when none is open.
+    pub async fn all_closed(&self) {
+        let mut open = self.0.subscribe();
+        // The sender lives in `self`, so this only returns once none is open.
+        let _ = open.wait_for(|open| *open == 0).await;
+    }
+}
+
+#[derive(Debug)]
+pub struct OpenTunnel(Arc<watch::Sender<usize>>);
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.0.send_modify(|open| *open = open.saturating_sub(1));
     }
 }
