@@ -1,8 +1,9 @@
 //! `inflight-proxy`: the per-pod reverse proxy of inflight.
 //!
-//! It forwards every request to the app on localhost (the `inflight-forward` crate), counts what
-//! is in flight ([`count`], [`stats`]), reports each interval to the
-//! aggregators ([`report`]) and answers the kubelet and Prometheus
+//! It serves and forwards every request to the app on localhost (the
+//! `inflight-forward` crate: the data-port server and the forwarding core),
+//! counts what is in flight ([`count`], [`stats`]), reports each interval to
+//! the aggregators ([`report`]) and answers the kubelet and Prometheus
 //! ([`admin`]). On SIGTERM, or when the app's preStop hook calls `/drain`
 //! ([`drain`]), it drains: `/readyz` turns 503 at once, serving and accepting
 //! go on for the drain period, then every client is told to go away (HTTP/2
@@ -15,7 +16,7 @@ pub mod count;
 pub mod drain;
 pub mod metrics;
 pub mod report;
-pub use inflight_forward::server;
+use inflight_forward::server;
 pub mod stats;
 
 use std::future::Future;
