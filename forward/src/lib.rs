@@ -31,10 +31,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use connect::{set_tcp_keepalive, FixedConnector};
+use hyper::upgrade::OnUpgrade;
 use pool::{BoxError, SendError};
 pub use pool::{Http1Pool, UpstreamBody};
 pub use upgrade::Tunnel;
-use upload::RequestBody;
+use upload::{RequestBody, Returnable};
 
 /// Who answers when forwarding fails, in the body the client gets: the
 /// sidecar speaks of "the app", the activator of a pod.
@@ -81,6 +82,14 @@ pub struct Forwarder {
 pub struct Forwarded {
     pub response: Response<UpstreamBody>,
     pub tunnel: Option<Tunnel>,
+}
+
+/// A retryable forward that failed: why, and the request itself when it
+/// never reached the upstream and may be sent again.
+#[derive(Debug)]
+pub struct Unanswered {
+    pub error: ForwardError,
+    pub request: Option<Request<Incoming>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,9 +192,69 @@ impl Forwarder {
     /// they arrive. Dropping the returned future cancels the upstream request.
     pub async fn forward(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
         client: SocketAddr,
     ) -> Result<Forwarded, ForwardError> {
+        let (parts, body) = request.into_parts();
+        let (body, uploaded) = RequestBody::new(body, self.config.timeout.is_some());
+        self.send(Request::from_parts(parts, body), uploaded, client)
+            .await
+            .map_err(|(error, _)| error)
+    }
+
+    /// As [`Forwarder::forward`], but a request that never reached the
+    /// upstream comes back whole with the error, to be sent elsewhere: one
+    /// whose connection could not be made, or, for an idempotent method, one
+    /// whose connection failed before any response and before any of its
+    /// body was read (RFC 9110, 9.2.2). The activator forwards to pods that
+    /// have just started this way. It costs a copy of the request head.
+    pub async fn forward_retryable(
+        &self,
+        request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Result<Forwarded, Unanswered> {
+        let (mut parts, body) = request.into_parts();
+        let returnable = Returnable::new(body);
+        let (body, uploaded) =
+            RequestBody::returnable(returnable.clone(), self.config.timeout.is_some());
+        let mut out = Request::new(body);
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = parts.uri.clone();
+        *out.version_mut() = parts.version;
+        *out.headers_mut() = parts.headers.clone();
+        if let Some(upgrade) = parts.extensions.remove::<OnUpgrade>() {
+            out.extensions_mut().insert(upgrade);
+        }
+        match self.send(out, uploaded, client).await {
+            Ok(forwarded) => Ok(forwarded),
+            Err((error, upgrade)) => {
+                let never_reached = match &error {
+                    ForwardError::Connect { .. } => true,
+                    ForwardError::Upstream { .. } => parts.method.is_idempotent(),
+                    ForwardError::Timeout { .. } => false,
+                };
+                let request = never_reached
+                    .then(|| returnable.take_unread())
+                    .flatten()
+                    .map(|body| {
+                        if let Some(upgrade) = upgrade {
+                            parts.extensions.insert(upgrade);
+                        }
+                        Request::from_parts(parts, body)
+                    });
+                Err(Unanswered { error, request })
+            }
+        }
+    }
+
+    /// Sends a request whose body is ready to go; on failure the client's
+    /// upgrade comes back with the error, for a retry.
+    async fn send(
+        &self,
+        mut request: Request<RequestBody>,
+        uploaded: Option<upload::Uploaded>,
+        client: SocketAddr,
+    ) -> Result<Forwarded, (ForwardError, Option<OnUpgrade>)> {
         let http2 = request.version() == Version::HTTP_2;
         let upgrade = if http2 {
             None
@@ -212,9 +281,6 @@ impl Forwarder {
                 .any(|n| n.contains(&peer));
             headers::add_forwarded(headers, peer, "http", trusted);
         }
-        let (parts, body) = request.into_parts();
-        let (body, uploaded) = RequestBody::new(body, self.config.timeout.is_some());
-        let request = Request::from_parts(parts, body);
 
         let sent = async {
             if !http2 && client_upgrade.is_none() {
@@ -241,22 +307,26 @@ impl Forwarder {
                     biased;
                     result = sent => result,
                     () = late => {
-                        return Err(ForwardError::Timeout {
+                        return Err((ForwardError::Timeout {
                             upstream: self.config.upstream.clone(),
                             after,
-                        })
+                        }, client_upgrade))
                     }
                 }
             }
             None => sent.await,
         };
-        let mut response = result.map_err(|error| {
-            let upstream = self.config.upstream.clone();
-            match error {
-                SendError::Connect(source) => ForwardError::Connect { upstream, source },
-                SendError::Upstream(source) => ForwardError::Upstream { upstream, source },
+        let mut response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                let upstream = self.config.upstream.clone();
+                let error = match error {
+                    SendError::Connect(source) => ForwardError::Connect { upstream, source },
+                    SendError::Upstream(source) => ForwardError::Upstream { upstream, source },
+                };
+                return Err((error, client_upgrade));
             }
-        })?;
+        };
 
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let upstream_protocol = headers::upgrade_request(response.headers());
