@@ -9,6 +9,7 @@
 
 pub mod clock;
 mod held;
+pub mod identity;
 mod integral;
 mod link;
 mod pod;

@@ -117,13 +117,10 @@ pub struct Config {
     pub app_ready_timeout: Duration,
 }
 
-/// Where Kubernetes mounts the namespace of a pod's service account.
-pub const SERVICE_ACCOUNT_NAMESPACE: &str =
-    "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
-
-/// Reports are refused by the aggregator, or flood it, outside these bounds.
-pub const MIN_REPORT_INTERVAL: Duration = Duration::from_millis(100);
-pub const MAX_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+use inflight_report::identity::{parse_namespace, parse_report_interval};
+pub use inflight_report::identity::{
+    MAX_REPORT_INTERVAL, MIN_REPORT_INTERVAL, SERVICE_ACCOUNT_NAMESPACE,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -156,36 +153,6 @@ fn parse_workload(text: &str) -> Result<(String, String), String> {
             Ok((kind.to_ascii_lowercase(), name.to_owned()))
         }
         _ => Err(format!("{text:?} is not KIND/NAME, e.g. deployment/web")),
-    }
-}
-
-fn parse_report_interval(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
-    if !(MIN_REPORT_INTERVAL..=MAX_REPORT_INTERVAL).contains(&d) {
-        return Err(format!(
-            "{text:?}: must be from {} to {}",
-            humantime::format_duration(MIN_REPORT_INTERVAL),
-            humantime::format_duration(MAX_REPORT_INTERVAL)
-        ));
-    }
-    Ok(d)
-}
-
-/// A namespace is a DNS-1123 label.
-fn parse_namespace(text: &str) -> Result<String, String> {
-    let valid = !text.is_empty()
-        && text.len() <= 63
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !text.starts_with('-')
-        && !text.ends_with('-');
-    if valid {
-        Ok(text.to_owned())
-    } else {
-        Err(format!(
-            "{text:?} is not a namespace name (lowercase letters, digits and '-', at most 63)"
-        ))
     }
 }
 
@@ -223,15 +190,7 @@ pub fn default_workers(cpus: usize) -> usize {
 impl Config {
     /// The pod's name: POD_NAME, else the host name (a pod's host name is its name).
     pub fn pod_name(&self) -> String {
-        self.pod_name
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .or_else(|| {
-                std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .ok()
-                    .map(|h| h.trim().to_owned())
-            })
-            .unwrap_or_else(|| "unknown".to_owned())
+        inflight_report::identity::pod_name(self.pod_name.as_deref())
     }
 
     /// Worker threads: `--threads`, else [`default_workers`] of the CPUs
@@ -254,10 +213,7 @@ impl Config {
     }
 
     fn namespace_from(&self, service_account: &Path) -> Option<String> {
-        self.pod_namespace.clone().or_else(|| {
-            let text = std::fs::read_to_string(service_account).ok()?;
-            parse_namespace(text.trim()).ok()
-        })
+        inflight_report::identity::namespace(self.pod_namespace.as_deref(), service_account)
     }
 
     /// Who the reports are from. Without a namespace there is no identity:
