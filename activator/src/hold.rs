@@ -90,6 +90,7 @@ impl<T> Holds<T> {
                 max: max_pending.max(1),
             });
         }
+        let first = q.waiting.is_empty();
         let (tx, rx) = oneshot::channel();
         let id = q.next;
         q.next = q.next.wrapping_add(1);
@@ -102,6 +103,7 @@ impl<T> Holds<T> {
             id,
             rx,
             since: now,
+            first,
         })
     }
 
@@ -109,13 +111,15 @@ impl<T> Holds<T> {
     /// to), until either runs out; returns how many were handed one.
     pub fn release(&self, workload: &str, mut next: impl FnMut() -> Option<T>) -> usize {
         let now = Instant::now();
+        // A pod handed to a waiter whose client has just left goes to the next in line. Declared
+        // before the lock so that one left over is dropped after it: dropping a `T` may release
+        // again.
+        let mut spare: Option<T> = None;
         let mut queues = lock(&self.queues);
         let Some(q) = queues.get_mut(workload) else {
             return 0;
         };
         let mut handed = 0;
-        // A pod handed to a waiter whose client has just left goes to the next in line.
-        let mut spare: Option<T> = None;
         while let Some((id, tx)) = q.waiting.pop_front() {
             let Some(target) = spare.take().or_else(&mut next) else {
                 q.waiting.push_front((id, tx));
@@ -128,6 +132,42 @@ impl<T> Holds<T> {
             }
         }
         handed
+    }
+
+    /// The workloads with requests waiting now.
+    pub fn waiting(&self) -> Vec<String> {
+        lock(&self.queues)
+            .iter()
+            .filter(|(_, q)| !q.waiting.is_empty())
+            .map(|(w, _)| w.clone())
+            .collect()
+    }
+
+    /// Requests waiting now per workload, of those with any, by name.
+    pub fn by_workload(&self) -> Vec<(String, usize)> {
+        let mut out: Vec<_> = lock(&self.queues)
+            .iter()
+            .filter(|(_, q)| !q.waiting.is_empty())
+            .map(|(w, q)| (w.clone(), q.waiting.len()))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Requests waiting now, in all.
+    pub fn held_total(&self) -> usize {
+        lock(&self.queues).values().map(|q| q.waiting.len()).sum()
+    }
+
+    /// Answers every waiting request [`Unanswered::Closed`] (the activator is shutting down).
+    pub fn close_all(&self) {
+        let now = Instant::now();
+        let mut queues = lock(&self.queues);
+        for q in queues.values_mut() {
+            for _ in q.waiting.drain(..) {
+                q.held.down(now);
+            }
+        }
     }
 
     /// Requests waiting for `workload` now.
@@ -183,9 +223,16 @@ pub struct Ticket<T> {
     id: u64,
     rx: oneshot::Receiver<T>,
     since: Instant,
+    first: bool,
 }
 
 impl<T> Ticket<T> {
+    /// Whether nothing else was waiting for the workload when this request was held: the moment
+    /// to wake it.
+    pub fn first(&self) -> bool {
+        self.first
+    }
+
     /// The pod to forward to and how long the request was held, or why there is none.
     pub async fn wait(mut self, timeout: Duration) -> Result<(T, Duration), Unanswered> {
         match tokio::time::timeout(timeout, &mut self.rx).await {

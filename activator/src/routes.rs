@@ -36,6 +36,16 @@ pub struct Route {
 }
 
 impl Route {
+    /// `<namespace>/<kind>/<name>`: what requests are held under and reported as.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.workload)
+    }
+
+    /// Where the workload's pods are listed ([`crate::pods::Pods::key`]).
+    pub fn backend(&self) -> String {
+        crate::pods::Pods::key(&self.namespace, &self.pods_service)
+    }
+
     /// `None` for an HTTPAutoscaler without a namespace or name (never from the API server).
     pub fn of(hta: &HttpAutoscaler) -> Option<Self> {
         let spec = &hta.spec;
@@ -78,6 +88,8 @@ enum Entry {
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
     by_host: HashMap<String, Entry>,
+    /// By [`Route::key`], for the held requests of a workload.
+    by_workload: HashMap<String, Arc<Route>>,
 }
 
 impl Routes {
@@ -86,11 +98,13 @@ impl Routes {
         cluster_domain: &str,
     ) -> Self {
         let mut claims: BTreeMap<String, Vec<Arc<Route>>> = BTreeMap::new();
+        let mut by_workload = HashMap::new();
         for hta in htas {
             let Some(route) = Route::of(hta) else {
                 continue;
             };
             let route = Arc::new(route);
+            by_workload.insert(route.key(), route.clone());
             let svc = &hta.spec.service.name;
             let ns = &route.namespace;
             let mut names = vec![
@@ -123,7 +137,15 @@ impl Routes {
                 (host, entry)
             })
             .collect();
-        Self { by_host }
+        Self {
+            by_host,
+            by_workload,
+        }
+    }
+
+    /// The route of the workload `key` ([`Route::key`]).
+    pub fn workload(&self, key: &str) -> Option<Arc<Route>> {
+        self.by_workload.get(key).cloned()
     }
 
     /// The route for a request's Host or `:authority` (`None`: it had neither).
