@@ -75,8 +75,15 @@ impl Admin {
                 serde_json::json!({"address": addr.to_string(), "connected": state.connected, "reports_sent": state.sent})
             })
             .collect();
+        let pods: serde_json::Map<String, serde_json::Value> = a
+            .pods
+            .censuses()
+            .into_iter()
+            .map(|(backend, census)| (backend, serde_json::json!(census)))
+            .collect();
         admin::json(&serde_json::json!({
             "held": held,
+            "pods": pods,
             "held_total": a.holds.held_total(),
             "requests": outcomes,
             "retries": a.metrics.retries.get(),

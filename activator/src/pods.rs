@@ -56,6 +56,14 @@ struct Backend {
 }
 
 impl Backend {
+    fn census(&self) -> Census {
+        Census {
+            pods: self.pods.len(),
+            usable: self.pods.values().filter(|p| p.usable()).count(),
+            active: self.pods.values().map(|p| u64::from(p.active)).sum(),
+        }
+    }
+
     /// The pods are the union of the slices' endpoints; what is known of a pod that stays is kept.
     fn rebuild(&mut self) {
         let mut listed: HashMap<SocketAddr, Endpoint> = HashMap::new();
@@ -106,7 +114,7 @@ pub struct ToProbe {
 }
 
 /// What `/stats` shows of a workload's pods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Census {
     pub pods: usize,
     pub usable: usize,
@@ -261,19 +269,17 @@ impl Pods {
     }
 
     pub fn census(&self, backend: &str) -> Census {
-        let backends = lock(&self.backends);
-        let Some(b) = backends.get(backend) else {
-            return Census {
-                pods: 0,
-                usable: 0,
-                active: 0,
-            };
-        };
-        Census {
-            pods: b.pods.len(),
-            usable: b.pods.values().filter(|p| p.usable()).count(),
-            active: b.pods.values().map(|p| u64::from(p.active)).sum(),
-        }
+        lock(&self.backends)
+            .get(backend)
+            .map_or(Census::default(), Backend::census)
+    }
+
+    /// The census of every workload's pods, by key.
+    pub fn censuses(&self) -> Vec<(String, Census)> {
+        lock(&self.backends)
+            .iter()
+            .map(|(key, b)| (key.clone(), b.census()))
+            .collect()
     }
 }
 

@@ -73,8 +73,6 @@ impl Running {
             &admin.to_string(),
             "--threads",
             "2",
-            "--drain-period",
-            "0s",
             "--pod-name",
             "activator-0",
             "--pod-namespace",
@@ -82,6 +80,9 @@ impl Running {
         ]
         .map(str::to_owned)
         .to_vec();
+        if !extra.contains(&"--drain-period") {
+            args.extend(["--drain-period".to_owned(), "0s".to_owned()]);
+        }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let config = inflight_activator::Config::try_parse_from(args).unwrap();
         let activator = inflight_activator::activator(&config);
@@ -147,6 +148,18 @@ impl Running {
     pub async fn stats(&self) -> serde_json::Value {
         let (_, body) = get(self.admin, "/stats", "admin").await.unwrap();
         serde_json::from_slice(&body).unwrap()
+    }
+
+    /// Sends SIGTERM's equivalent.
+    pub fn terminate(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Whether `run` has returned.
+    pub fn exited(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
 
     /// Sends SIGTERM's equivalent and waits for `run` to return.
