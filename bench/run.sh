@@ -4,6 +4,10 @@
 # Targets (each in front of the same app; "direct" is the app alone):
 #   direct          the app: its own nginx, `return 200;`, HTTP/1.1 port and h2c port
 #   inflight-proxy  this repository's sidecar (target/release/inflight-proxy), no --aggregator
+#   inflight-activator  the activator with its workload up (the requests it forwards at once
+#                   while a Service is not yet switched back to its pods), in front of the app as
+#                   a ready pod; run by activator/examples/activator_bench.rs `serve` (the real
+#                   library, its route and pod given on the command line instead of by Kubernetes)
 #   nginx           nginx as reverse proxy: proxy_pass to the app with upstream keepalive
 #   queue-proxy     Knative Serving's queue-proxy (knative.dev/serving/cmd/queue), standalone
 #   interceptor     KEDA HTTP add-on interceptor, routing one host to the app, with its
@@ -83,7 +87,7 @@ H2_STREAMS=${H2_STREAMS:-10}
 RATE=${RATE:-2000}
 RATE_CONNS=${RATE_CONNS:-10}
 IDLE_CONNS=${IDLE_CONNS:-1000}
-TARGETS=${TARGETS:-direct inflight-proxy nginx queue-proxy interceptor}
+TARGETS=${TARGETS:-direct inflight-proxy inflight-activator nginx queue-proxy interceptor}
 PROTOCOLS=${PROTOCOLS:-h1 h2c}
 MODES=${MODES:-max rate}
 OUT=${OUT:-$BENCH_DIR/RESULTS.md}
@@ -91,6 +95,7 @@ CACHE=${BENCH_CACHE:-$HOME/.cache/inflight/bench}
 QUEUE_VERSION=${QUEUE_VERSION:-v0.50.0}
 INTERCEPTOR_VERSION=${INTERCEPTOR_VERSION:-v0.15.0}
 INFLIGHT_PROXY_BIN=${INFLIGHT_PROXY_BIN:-$ROOT/target/release/inflight-proxy}
+INFLIGHT_ACTIVATOR_BIN=${INFLIGHT_ACTIVATOR_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/activator_bench}
 BUILD_INFLIGHT=${BUILD_INFLIGHT:-1}
 KEEP_WORK=${KEEP_WORK:-0}
 GO_BUILD_TIMEOUT=${GO_BUILD_TIMEOUT:-900}
@@ -116,6 +121,7 @@ NG_H1=$((PB + 110)); NG_H2=$((PB + 111))
 QP_PORT=$((PB + 120)); QP_TLS=$((PB + 121)); QP_FIXED_PORTS="8022 9090"
 KI_PORT=$((PB + 130)); KI_ADMIN=$((PB + 131)); KI_METRICS=$((PB + 132))
 KAPI_PORT=$((PB + 140))
+IA_PORT=$((PB + 150)); IA_ADMIN=$((PB + 151))
 
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
 export LC_ALL=C
@@ -282,6 +288,18 @@ if want inflight-proxy; then
     if [ -f "$ROOT/sidecar/Cargo.toml" ]; then skip inflight-proxy "$INFLIGHT_PROXY_BIN does not exist (cargo missing or BUILD_INFLIGHT=0)"
     else skip inflight-proxy "the sidecar crate (sidecar/Cargo.toml) does not exist yet"; fi
   fi
+fi
+if want inflight-activator; then
+  if [ "$BUILD_INFLIGHT" = 1 ] && command -v cargo >/dev/null; then
+    log "cargo build --release -p inflight-activator --example activator_bench"
+    if ! (cd "$ROOT" && timeout "${CARGO_BUILD_TIMEOUT:-1800}" cargo build --release -p inflight-activator --example activator_bench) >"$WORK/logs/build-activator.log" 2>&1; then
+      skip inflight-activator "cargo build --release -p inflight-activator --example activator_bench failed: $(grep -E '^error' "$WORK/logs/build-activator.log" | head -3 | tr '\n' ' ')"
+    fi
+  fi
+  if want inflight-activator && [ ! -x "$INFLIGHT_ACTIVATOR_BIN" ]; then
+    skip inflight-activator "$INFLIGHT_ACTIVATOR_BIN does not exist (cargo missing or BUILD_INFLIGHT=0)"
+  fi
+  if want inflight-activator; then for p in $IA_PORT $IA_ADMIN; do port_busy "$p" && { skip inflight-activator "port $p is in use"; break; }; done; fi
 fi
 if want queue-proxy; then
   for p in $QP_PORT $QP_TLS $QP_FIXED_PORTS; do port_busy "$p" && { skip queue-proxy "port $p is in use (queue-proxy always listens on :8022 admin and :9090 metrics)"; break; }; done
@@ -458,6 +476,13 @@ start_target() {
       start_bg "$name" "${SRV[@]}" "$INFLIGHT_PROXY_BIN" --listen "127.0.0.1:$IP_PORT" --admin-listen "127.0.0.1:$IP_ADMIN" --upstream "127.0.0.1:$up"
       T_PID=$BG_PID
       wait_url "http://127.0.0.1:$IP_ADMIN/readyz" 20 || { T_ERR="admin /readyz on :$IP_ADMIN not 200 within 20s"; return 1; } ;;
+    inflight-activator)
+      T_PORT=$IA_PORT
+      # The pod is the app itself, listed ready: what is measured is the activator's hop.
+      start_bg "$name" "${SRV[@]}" "$INFLIGHT_ACTIVATOR_BIN" serve --listen "127.0.0.1:$IA_PORT" --admin-listen "127.0.0.1:$IA_ADMIN" \
+        --pod "127.0.0.1:$up,127.0.0.1:$IA_ADMIN,ready" --host "$H1_HOST" --host "$H2_HOST" --threads "$N_SRV"
+      T_PID=$BG_PID
+      wait_url "http://127.0.0.1:$IA_ADMIN/readyz" 20 || { T_ERR="admin /readyz on :$IA_ADMIN not 200 within 20s"; return 1; } ;;
     nginx)
       if [ "$proto" = h2c ]; then T_PORT=$NG_H2; else T_PORT=$NG_H1; fi
       start_bg "$name" "${SRV[@]}" "$NGINX" -e "$WORK/logs/ngproxy-error.log" -p "$WORK" -c "$WORK/ngproxy.conf"
@@ -540,6 +565,7 @@ record() { printf '%s\n' "$(IFS=$'\t'; echo "$*")" >>"$WORK/unit.tsv"; }
   echo "app: nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///') \`location / { return 200; }\`, worker_processes $N_SRV, listen 127.0.0.1:$APP_H1 (HTTP/1.1) and 127.0.0.1:$APP_H2 http2 (h2c prior knowledge only, nginx 1.22 cannot serve both on one plain port), access_log off, keepalive_requests 100000000."
   echo "direct: the client talks to the app's ports."
   echo "inflight-proxy: \`$INFLIGHT_PROXY_BIN --listen 127.0.0.1:$IP_PORT --admin-listen 127.0.0.1:$IP_ADMIN --upstream 127.0.0.1:<app port>\` (no --aggregator: no reporting); for h2c runs the upstream is the app's h2c port; ready = admin /readyz 200."
+  echo "inflight-activator: \`$INFLIGHT_ACTIVATOR_BIN serve --listen 127.0.0.1:$IA_PORT --admin-listen 127.0.0.1:$IA_ADMIN --pod 127.0.0.1:<app port>,…,ready --host $H1_HOST --host $H2_HOST --threads $N_SRV\` (activator/examples/activator_bench.rs: the activator library with one route and the app as its one ready pod, no --aggregator); the requests it forwards at once while a workload is up."
   echo "nginx: its own nginx, worker_processes $N_SRV, listen 127.0.0.1:$NG_H1 and 127.0.0.1:$NG_H2 http2, \`proxy_pass http://app_h1\` with \`proxy_http_version 1.1\`, \`proxy_set_header Connection \"\"\`, upstream \`keepalive 1024\`; nginx's proxy module cannot speak h2c upstream, so its h2c runs are h2c in, HTTP/1.1 keep-alive out."
   echo "queue-proxy: knative.dev/serving/cmd/queue@$QUEUE_VERSION ($QUEUE_BUILD_NOTE), run with env $QP_ENV_DESC. No OBSERVABILITY_CONFIG, so Knative's defaults: request metrics and tracing off, no request log. CONTAINER_CONCURRENCY=0 (Knative's default) means no breaker/queue. It serves h1 and h2c on one port and forwards h2c requests with h2c (auto transport), so USER_PORT is the app's h2c port for h2c runs. Its main port binds all interfaces and it always opens :8022 (admin) and :9090 (autoscaler metrics) — hard-coded."
   echo "interceptor: github.com/kedacore/http-add-on/interceptor@$INTERCEPTOR_VERSION ($INTERCEPTOR_BUILD_NOTE), env KUBECONFIG=<kubeconfig for http://127.0.0.1:$KAPI_PORT> KEDA_HTTP_PROXY_PORT=$KI_PORT KEDA_HTTP_ADMIN_PORT=$KI_ADMIN OTEL_PROM_EXPORTER_PORT=$KI_METRICS, everything else default. It has no static routing option: its routing table and endpoint-readiness cache come only from the Kubernetes API (InterceptorRoute, HTTPScaledObject, EndpointSlice, Service informers). bench/lib/fake-kube-api.py answers those LIST/WATCH reads from four static objects: InterceptorRoute \`1/app\` (host $H1_HOST → service \`127.0.0\` port $APP_H1), InterceptorRoute \`1/app-h2c\` (host $H2_HOST → port $APP_H2), Service \`1/127.0.0\` (port $APP_H2 has appProtocol kubernetes.io/h2c, which makes the interceptor use h2c upstream) and a ready EndpointSlice for it. The interceptor builds its upstream address as \`<service>.<namespace>:<port>\`, so service \`127.0.0\` in namespace \`1\` yields 127.0.0.1:<port> without DNS or /etc/hosts changes. The API stand-in is not on the request path (the interceptor serves from its informer caches). Clients send Host $H1_HOST (h1) / :authority $H2_HOST (h2c) to every target."
@@ -661,6 +687,8 @@ inflight_sum=$([ -x "$INFLIGHT_PROXY_BIN" ] && sha256sum "$INFLIGHT_PROXY_BIN" |
   printf 'load generators\t%s; %s\n' "$(ver wrk -v | awk '{print $1, $2}')" "$(ver h2load --version)"
   printf 'nginx\t%s\n' "$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
   printf 'inflight-proxy\t%s (repo commit %s, binary sha256 %s)\n' "$INFLIGHT_PROXY_BIN" "$inflight_rev" "$inflight_sum"
+  printf 'inflight-activator\t%s (repo commit %s, binary sha256 %s)\n' "$INFLIGHT_ACTIVATOR_BIN" "$inflight_rev" \
+    "$([ -x "$INFLIGHT_ACTIVATOR_BIN" ] && sha256sum "$INFLIGHT_ACTIVATOR_BIN" | cut -c1-12 || echo -)"
   printf 'queue-proxy\tknative.dev/serving/cmd/queue@%s, built with %s\n' "$QUEUE_VERSION" "${GO_VER:-?}"
   printf 'interceptor\tgithub.com/kedacore/http-add-on/interceptor@%s, built with %s\n' "$INTERCEPTOR_VERSION" "${GO_VER:-?}"
 } >"$WORK/facts.tsv"

@@ -63,16 +63,16 @@ pub struct Running {
 
 impl Running {
     pub fn start(extra: &[&str]) -> Running {
-        let addr = local(free_port());
-        let admin = local(free_port());
+        Self::start_on(local(free_port()), local(free_port()), extra)
+    }
+
+    pub fn start_on(addr: SocketAddr, admin: SocketAddr, extra: &[&str]) -> Running {
         let mut args: Vec<String> = [
             "inflight-activator",
             "--listen",
             &addr.to_string(),
             "--admin-listen",
             &admin.to_string(),
-            "--threads",
-            "2",
             "--pod-name",
             "activator-0",
             "--pod-namespace",
@@ -80,8 +80,10 @@ impl Running {
         ]
         .map(str::to_owned)
         .to_vec();
-        if !extra.contains(&"--drain-period") {
-            args.extend(["--drain-period".to_owned(), "0s".to_owned()]);
+        for (flag, value) in [("--threads", "2"), ("--drain-period", "0s")] {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_owned(), value.to_owned()]);
+            }
         }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let config = inflight_activator::Config::try_parse_from(args).unwrap();
