@@ -35,7 +35,12 @@ pub fn keda_image() -> String {
 }
 
 /// Our binaries that get an image, by binary name.
-pub const OURS: &[&str] = &["inflight-proxy", "inflight-aggregator", "inflight-demo-app"];
+pub const OURS: &[&str] = &[
+    "inflight-proxy",
+    "inflight-aggregator",
+    "inflight-activator",
+    "inflight-demo-app",
+];
 
 #[derive(Debug)]
 struct Spec {
