@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use inflight_runtime::http::{first_bytes, h2_pinging_builder, Protocol};
+use inflight_runtime::http::{data_port_builders, first_bytes, Protocol};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -92,9 +91,10 @@ async fn work<H: Handler>(
 ) {
     // HTTP/1's header-read and idle timeouts are kept per connection
     // ([`idle`]), not by hyper's header timer, which costs a timer per request.
-    let builder = h2_pinging_builder(limits.h2_keepalive);
+    let (h1, h2) = data_port_builders(limits.h2_keepalive);
     let proxy = Arc::new(proxy);
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a sender; the drain waits for the last to go.
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
     // Connections that have not yet sent their first bytes when the drain
     // ends are dropped at once rather than waited for: they have sent
     // nothing that could be lost.
@@ -108,12 +108,10 @@ async fn work<H: Handler>(
             Ok(client) => client,
             Err(_) => continue,
         };
-        // Taken now, so a drain that starts while this connection is still
-        // sending its first bytes shuts it down as soon as it is served.
-        let watcher = graceful.watcher();
-        let (proxy, builder) = (proxy.clone(), builder.clone());
+        let (proxy, h1, h2, open) = (proxy.clone(), h1.clone(), h2.clone(), open.clone());
         let mut closing = not_closing.clone();
         tokio::spawn(async move {
+            let _open = open;
             // An upgraded connection outlives this task: the tunnel keeps
             // the connection's place under the cap until it closes.
             let slot = Arc::new(permit);
@@ -146,14 +144,15 @@ async fn work<H: Handler>(
                     }))
                 }
             });
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let connection = watcher.watch(connection);
+            let io = TokioIo::new(stream);
             let Some(requests) = requests else {
-                log_end(connection.await, client);
+                let connection = h2.serve_connection(io, service);
+                let ended = until_drained(connection, |c| c.graceful_shutdown(), &mut closing);
+                log_end(ended.await, client);
                 return;
             };
+            let connection = h1.serve_connection(io, service).with_upgrades();
+            let connection = until_drained(connection, |c| c.graceful_shutdown(), &mut closing);
             tokio::select! {
                 ended = connection => log_end(ended, client),
                 () = idle::expired(&requests, limits.header_read_timeout, limits.idle_timeout) => {
@@ -171,7 +170,8 @@ async fn work<H: Handler>(
     let tunnels = proxy.tunnels().clone();
     drop(proxy);
     let _ = closing.send(true);
-    if tokio::time::timeout_at(deadline, graceful.shutdown())
+    drop(open);
+    if tokio::time::timeout_at(deadline, all_closed.recv())
         .await
         .is_err()
     {
@@ -192,10 +192,23 @@ async fn work<H: Handler>(
     }
 }
 
-fn log_end(
-    ended: Result<(), Box<dyn std::error::Error + Send + Sync>>,
-    client: std::net::SocketAddr,
-) {
+/// Serves `connection` until it ends; once the drain starts, asks it to finish what it has
+/// begun and close (HTTP/1: after the response in progress; h2: GOAWAY).
+async fn until_drained<C: std::future::Future>(
+    connection: C,
+    shutdown: impl FnOnce(std::pin::Pin<&mut C>),
+    closing: &mut watch::Receiver<bool>,
+) -> C::Output {
+    tokio::pin!(connection);
+    tokio::select! {
+        ended = connection.as_mut() => return ended,
+        _ = closing.wait_for(|closing| *closing) => {}
+    }
+    shutdown(connection.as_mut());
+    connection.await
+}
+
+fn log_end(ended: Result<(), hyper::Error>, client: std::net::SocketAddr) {
     if let Err(error) = ended {
         tracing::debug!(%error, %client, "connection ended with an error");
     }

@@ -43,7 +43,12 @@ impl Default for ConnLimits {
 impl ConnLimits {
     /// A hyper-util server builder for HTTP/1.1 and h2c that enforces these limits.
     pub fn builder(&self) -> auto::Builder<TokioExecutor> {
-        let mut builder = h2_pinging_builder(self.h2_keepalive);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(self.h2_keepalive)
+            .keep_alive_timeout(self.h2_keepalive);
         builder
             .http1()
             .timer(TokioTimer::new())
@@ -56,18 +61,25 @@ impl ConnLimits {
     }
 }
 
-/// A hyper-util server builder for HTTP/1.1 and h2c that pings HTTP/2 connections idle for
-/// `h2_keepalive` and closes them when a ping goes unanswered as long, but puts no timer on
-/// HTTP/1: for a server that keeps HTTP/1's header-read and idle timeouts itself, as the proxy's
-/// data port does (hyper's header timer costs a timer per request).
-pub fn h2_pinging_builder(h2_keepalive: Duration) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+/// Server builders for a data port whose clients' protocol is known from their first bytes
+/// ([`first_bytes`]): HTTP/1.1 with no timer (the data port keeps HTTP/1's header-read and idle
+/// timeouts itself; hyper's header timer costs a timer per request), and h2c that pings
+/// connections idle for `h2_keepalive` and closes them when a ping goes unanswered as long.
+/// Each protocol's own builder rather than hyper-util's auto one: that one reads the preface
+/// again and hands the bytes back through a buffer, after which hyper's read buffer doubles to
+/// 16 KiB on every HTTP/1 connection.
+pub fn data_port_builders(
+    h2_keepalive: Duration,
+) -> (
+    hyper::server::conn::http1::Builder,
+    hyper::server::conn::http2::Builder<TokioExecutor>,
+) {
+    let h1 = hyper::server::conn::http1::Builder::new();
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .keep_alive_interval(h2_keepalive)
         .keep_alive_timeout(h2_keepalive);
-    builder
+    (h1, h2)
 }
 
 /// The open-connection cap: each accepted connection holds a permit until it closes.
