@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 use inflight_forward::server::Connections;
 use inflight_proto::v1::PodIdentity;
 use inflight_report::identity::{self, parse_namespace, parse_report_interval};
@@ -113,7 +113,29 @@ pub enum ConfigError {
     NoNamespace,
 }
 
+/// Client connections open at once by default: each request held keeps its client's
+/// connection open, and one activator holds up to 1,000 per workload for many workloads (the
+/// sidecar's default, 4,096, is for one pod's clients).
+pub const DEFAULT_MAX_CONNECTIONS: &str = "16384";
+
 impl Config {
+    /// The command line, with the activator's own default for the shared `--max-connections`.
+    pub fn command() -> clap::Command {
+        <Self as CommandFactory>::command().mut_arg("data_max_connections", |a| {
+            a.default_value(DEFAULT_MAX_CONNECTIONS)
+        })
+    }
+
+    /// Parses `args` (the program's name first) as [`Config::command`] says.
+    pub fn try_from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        Self::from_arg_matches(&matches)
+    }
+
     pub fn workers(&self) -> usize {
         match self.threads {
             Some(n) => usize::from(n).max(1),
@@ -146,7 +168,7 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_design() {
-        let c = Config::try_parse_from(["inflight-activator"]).map_err(|e| e.to_string());
+        let c = Config::try_from_args(["inflight-activator"]).map_err(|e| e.to_string());
         let c = c.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.listen.port(), inflight_proto::names::ACTIVATOR_PORT);
         assert_eq!(
@@ -155,6 +177,7 @@ mod tests {
         );
         assert_eq!(c.probe_interval, Duration::from_millis(25));
         assert!(c.drain_timeout > c.drain_period);
+        assert_eq!(c.connections.max_connections, 16384);
     }
 
     #[test]
@@ -165,7 +188,7 @@ mod tests {
             ["inflight-activator", "--pod-namespace", "Shop"],
             ["inflight-activator", "--max-workloads", "0"],
         ] {
-            let e = Config::try_parse_from(args).err().map(|e| e.to_string());
+            let e = Config::try_from_args(args).err().map(|e| e.to_string());
             assert!(e.is_some(), "{args:?} was accepted");
         }
     }

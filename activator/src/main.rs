@@ -1,8 +1,10 @@
-use clap::Parser;
 use inflight_activator::Config;
 
 fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let config = match Config::try_from_args(std::env::args_os()) {
+        Ok(config) => config,
+        Err(error) => error.exit(),
+    };
     inflight_runtime::init_tracing("inflight-activator");
     // `run` starts the workers, each a thread with a single-threaded runtime of its own; this
     // one is the control plane: the acceptor, the admin server, the watches, the probes and the

@@ -121,6 +121,9 @@ impl HoldingProxy {
             let lease = match self.activator.admit(&route) {
                 Admission::Now(lease) => lease,
                 Admission::Held(ticket) => {
+                    if !held {
+                        request = detach_head(request);
+                    }
                     held = true;
                     // Dropping the ticket (the client went away, hyper drops this future)
                     // leaves the queue.
@@ -153,7 +156,9 @@ impl HoldingProxy {
             };
             let sent_at = Instant::now();
             let forwarder = self.forwarder(lease.pod());
-            match forwarder.forward_retryable(request, client).await {
+            // Boxed: a connection's request future is allocated at its full size when the
+            // connection opens, and a held request must not carry the forward's state.
+            match Box::pin(forwarder.forward_retryable(request, client)).await {
                 Ok(forwarded) => {
                     let waited = sent_at.saturating_duration_since(arrived);
                     if held {
@@ -255,6 +260,24 @@ impl HoldingProxy {
         forwarders.insert(data, f.clone());
         f
     }
+}
+
+/// The request with its head in memory of its own. hyper's header values and path share the
+/// connection's read buffer; while they live, its next read (which watches for the client
+/// leaving) needs a second buffer. A held request may wait long, in thousands: it keeps one.
+fn detach_head(request: Request<Incoming>) -> Request<Incoming> {
+    let (mut parts, body) = request.into_parts();
+    let mut headers = http::HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        headers.append(name.clone(), copy);
+    }
+    parts.headers = headers;
+    if let Ok(uri) = http::Uri::try_from(parts.uri.to_string()) {
+        parts.uri = uri;
+    }
+    Request::from_parts(parts, body)
 }
 
 /// Counts a request whose client went away before its response, unless disarmed.

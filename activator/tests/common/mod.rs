@@ -86,7 +86,7 @@ impl Running {
             }
         }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let config = inflight_activator::Config::try_parse_from(args).unwrap();
+        let config = inflight_activator::Config::try_from_args(args).unwrap();
         let activator = inflight_activator::activator(&config);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let a = activator.clone();
