@@ -65,6 +65,10 @@ impl Handler for HoldingProxy {
     fn tunnels(&self) -> &Tunnels {
         &self.tunnels
     }
+
+    fn arrived(&self, request: Request<Incoming>) -> Request<Incoming> {
+        detach_head(request)
+    }
 }
 
 impl HoldingProxy {
@@ -121,9 +125,6 @@ impl HoldingProxy {
             let lease = match self.activator.admit(&route) {
                 Admission::Now(lease) => lease,
                 Admission::Held(ticket) => {
-                    if !held {
-                        request = detach_head(request);
-                    }
                     held = true;
                     // Dropping the ticket (the client went away, hyper drops this future)
                     // leaves the queue.
@@ -156,9 +157,10 @@ impl HoldingProxy {
             };
             let sent_at = Instant::now();
             let forwarder = self.forwarder(lease.pod());
-            // Boxed: a connection's request future is allocated at its full size when the
-            // connection opens, and a held request must not carry the forward's state.
-            match Box::pin(forwarder.forward_retryable(request, client)).await {
+            // Boxed, with its forwarder: a connection's request future is allocated at its full
+            // size when the connection opens, and a held request must not carry the forward's.
+            let forward = async move { forwarder.forward_retryable(request, client).await };
+            match Box::pin(forward).await {
                 Ok(forwarded) => {
                     let waited = sent_at.saturating_duration_since(arrived);
                     if held {
@@ -264,7 +266,8 @@ impl HoldingProxy {
 
 /// The request with its head in memory of its own. hyper's header values and path share the
 /// connection's read buffer; while they live, its next read (which watches for the client
-/// leaving) needs a second buffer. A held request may wait long, in thousands: it keeps one.
+/// leaving, and comes before the request is handled) takes a second buffer of 8 KiB. A request
+/// may be held long, and thousands at once: each keeps one buffer.
 fn detach_head(request: Request<Incoming>) -> Request<Incoming> {
     let (mut parts, body) = request.into_parts();
     let mut headers = http::HeaderMap::with_capacity(parts.headers.len());

@@ -44,6 +44,11 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Response<Self::Body>> + Send;
     /// Upgraded connections still open, which a drain waits for.
     fn tunnels(&self) -> &Tunnels;
+    /// Called as soon as hyper has read a request's head, before the connection reads on
+    /// (which it does at once, watching for the client leaving).
+    fn arrived(&self, request: Request<Incoming>) -> Request<Incoming> {
+        request
+    }
 }
 
 /// How long open connections may take to finish once accepting has stopped.
@@ -91,7 +96,8 @@ async fn work<H: Handler>(
 ) {
     // HTTP/1's header-read and idle timeouts are kept per connection
     // ([`idle`]), not by hyper's header timer, which costs a timer per request.
-    let (h1, h2) = data_port_builders(limits.h2_keepalive);
+    // Shared, not copied into each connection's task: a task is allocated at its full size.
+    let builders = Arc::new(data_port_builders(limits.h2_keepalive));
     let proxy = Arc::new(proxy);
     // Every connection task holds a sender; the drain waits for the last to go.
     let (open, mut all_closed) = mpsc::channel::<()>(1);
@@ -108,9 +114,9 @@ async fn work<H: Handler>(
             Ok(client) => client,
             Err(_) => continue,
         };
-        let (proxy, h1, h2, open) = (proxy.clone(), h1.clone(), h2.clone(), open.clone());
+        let (proxy, builders, open) = (proxy.clone(), builders.clone(), open.clone());
         let mut closing = not_closing.clone();
-        tokio::spawn(async move {
+        let task = async move {
             let _open = open;
             // An upgraded connection outlives this task: the tunnel keeps
             // the connection's place under the cap until it closes.
@@ -127,7 +133,8 @@ async fn work<H: Handler>(
             // client may keep an idle connection open, and pings watch it.
             let requests = (protocol == Protocol::Http1).then(|| idle::Requests::new(opened));
             let watched = requests.clone();
-            let service = service_fn(move |mut request: Request<_>| {
+            let service = service_fn(move |request: Request<_>| {
+                let mut request = proxy.arrived(request);
                 if request.headers().contains_key(http::header::UPGRADE) {
                     let slot: Arc<dyn std::any::Any + Send + Sync> = slot.clone();
                     request.extensions_mut().insert(KeepWhileOpen(slot));
@@ -146,12 +153,13 @@ async fn work<H: Handler>(
             });
             let io = TokioIo::new(stream);
             let Some(requests) = requests else {
-                let connection = h2.serve_connection(io, service);
+                // Boxed: an HTTP/1 connection's task need not have room for HTTP/2's state.
+                let connection = builders.1.serve_connection(io, service);
                 let ended = until_drained(connection, |c| c.graceful_shutdown(), &mut closing);
-                log_end(ended.await, client);
+                log_end(Box::pin(ended).await, client);
                 return;
             };
-            let connection = h1.serve_connection(io, service).with_upgrades();
+            let connection = builders.0.serve_connection(io, service).with_upgrades();
             let connection = until_drained(connection, |c| c.graceful_shutdown(), &mut closing);
             tokio::select! {
                 ended = connection => log_end(ended, client),
@@ -159,7 +167,8 @@ async fn work<H: Handler>(
                     tracing::debug!(%client, "no whole request head in time; closing");
                 }
             }
-        });
+        };
+        tokio::spawn(task);
     }
     // Accepting has stopped: HTTP/1 connections close once their response is
     // out, h2c ones get GOAWAY and finish the streams they have open. Then
