@@ -7,6 +7,9 @@
 #                  also from the first /readyz answered 200 ("first 200 → app": the activator's
 #                  reaction once its probe has seen the pod ready). With --probe-interval 25ms
 #                  (ours) and 200ms (Knative's activator probes every 200 ms).
+#   wake           N workloads at zero, one request each: from sending it to the real aggregator
+#                  (in the same process) pushing `true` on a StreamIsActive stream, as KEDA holds
+#                  one (the activator reports every 60 s: only the at-once report can do it).
 #   held           HELD (default 10,000) requests held by one activator process, each on a
 #                  connection of its own: the process's RSS before, while holding and after;
 #                  then the pod comes up (containerConcurrency 100) and every request must be
@@ -38,12 +41,14 @@ echo "activations with 25ms probing..." >&2
 a25=$("$BIN" activations --n "$N" --probe-interval 25ms)
 echo "activations with 200ms probing..." >&2
 a200=$("$BIN" activations --n "$N" --probe-interval 200ms)
+echo "wake-ups..." >&2
+wake=$("$BIN" wake --n "$N")
 echo "$HELD held requests..." >&2
 held=$("$BIN" held --n "$HELD" --container-concurrency 100)
 
-python3 - "$OUT" "$a25" "$a200" "$held" "$(git -C "$ROOT" rev-parse --short HEAD)" <<'EOF'
+python3 - "$OUT" "$a25" "$a200" "$held" "$wake" "$(git -C "$ROOT" rev-parse --short HEAD)" <<'EOF'
 import json, sys, datetime, os
-out, a25, a200, held, rev = sys.argv[1], *map(json.loads, sys.argv[2:5]), sys.argv[5]
+out, a25, a200, held, wake, rev = sys.argv[1], *map(json.loads, sys.argv[2:6]), sys.argv[6]
 def row(a, key):
     s = a[key]
     return f"| {a['probe_interval']} | {key.replace('_', ' ')} | {s['n']} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {s['max_ms']:.1f} |"
@@ -66,6 +71,15 @@ lines = [
     "|---|---|---|---|---|---|",
     row(a25, "ready_to_app"), row(a25, "first_200_to_app"),
     row(a200, "ready_to_app"), row(a200, "first_200_to_app"),
+    "",
+    "## First held request → KEDA told",
+    "",
+    "A request for a workload at zero, to the real aggregator pushing `true` on the",
+    "`StreamIsActive` stream KEDA would hold (one per workload, opened before). Target: 10 ms.",
+    "",
+    "| workloads | p50 ms | p99 ms | max ms |",
+    "|---|---|---|---|",
+    (lambda s: f"| {s['n']} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['max_ms']:.2f} |")(wake["request_to_stream_is_active_true"]),
     "",
     f"## {held['held']} requests held",
     "",

@@ -9,6 +9,8 @@
 //!                times the request's arrival at the app
 //!   held         N requests held by a `serve` child; its RSS; then the pod comes up and every
 //!                request must be answered 200
+//!   wake         N workloads at zero, one request each: the time from sending it to the real
+//!                aggregator pushing `true` on a StreamIsActive stream opened before, as KEDA's
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -23,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use common::{free_port, get, local, Running};
+use common::{free_port, get, hta_named, local, scaled_object, start_aggregator, Running};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -58,6 +60,10 @@ enum Bench {
         n: usize,
         #[arg(long, default_value = "25ms")]
         probe_interval: String,
+    },
+    Wake {
+        #[arg(long, default_value_t = 100)]
+        n: usize,
     },
     Held {
         #[arg(long, default_value_t = 10_000)]
@@ -99,6 +105,7 @@ fn main() {
             n,
             container_concurrency,
         } => rt().block_on(held(n, container_concurrency)),
+        Bench::Wake { n } => rt().block_on(wake(n)),
     }
 }
 
@@ -383,5 +390,60 @@ async fn held(n: usize, cc: u32) {
             "rss_after_kib": rss_after,
             "hwm_after_kib": hwm_after,
         })
+    );
+}
+
+async fn wake(n: usize) {
+    let grpc = start_aggregator();
+    let activator = Running::start(&[
+        "--aggregator",
+        &format!("http://{grpc}"),
+        "--report-interval",
+        "60s",
+    ]);
+    let names: Vec<String> = (0..n).map(|i| format!("web{i}")).collect();
+    let htas: Vec<_> = names
+        .iter()
+        .map(|name| hta_named(name, serde_json::json!({"timeout": "5m"}), 0))
+        .collect();
+    activator
+        .activator
+        .set_routes(Routes::build(htas.iter(), "cluster.local"));
+    let mut keda =
+        inflight_proto::externalscaler::external_scaler_client::ExternalScalerClient::connect(
+            format!("http://{grpc}"),
+        )
+        .await
+        .unwrap();
+    while !activator.stats().await["aggregators"][0]["connected"]
+        .as_bool()
+        .unwrap_or(false)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut took = Vec::new();
+    let mut held = Vec::new();
+    for name in &names {
+        let mut pushes = keda
+            .stream_is_active(scaled_object(name))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = pushes.message().await.unwrap().unwrap();
+        assert!(!first.result, "{name} was active before its request");
+        let addr = activator.addr;
+        let host = format!("{name}.shop");
+        let sent = Instant::now();
+        held.push(tokio::spawn(async move { get(addr, "/", &host).await }));
+        let pushed = pushes.message().await.unwrap().unwrap();
+        assert!(pushed.result);
+        took.push(sent.elapsed().as_secs_f64() * 1e3);
+    }
+    for h in held {
+        h.abort();
+    }
+    println!(
+        "{}",
+        serde_json::json!({"request_to_stream_is_active_true": summary(took)})
     );
 }

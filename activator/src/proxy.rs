@@ -65,10 +65,6 @@ impl Handler for HoldingProxy {
     fn tunnels(&self) -> &Tunnels {
         &self.tunnels
     }
-
-    fn arrived(&self, request: Request<Incoming>) -> Request<Incoming> {
-        detach_head(request)
-    }
 }
 
 impl HoldingProxy {
@@ -125,6 +121,9 @@ impl HoldingProxy {
             let lease = match self.activator.admit(&route) {
                 Admission::Now(lease) => lease,
                 Admission::Held(ticket) => {
+                    if !held {
+                        request = detach_head(request);
+                    }
                     held = true;
                     // Dropping the ticket (the client went away, hyper drops this future)
                     // leaves the queue.
@@ -265,9 +264,8 @@ impl HoldingProxy {
 }
 
 /// The request with its head in memory of its own. hyper's header values and path share the
-/// connection's read buffer; while they live, its next read (which watches for the client
-/// leaving, and comes before the request is handled) takes a second buffer of 8 KiB. A request
-/// may be held long, and thousands at once: each keeps one buffer.
+/// connection's read buffer, and its next read (which watches for the client leaving) has
+/// already taken a second: a request held long, in thousands, lets the first go.
 fn detach_head(request: Request<Incoming>) -> Request<Incoming> {
     let (mut parts, body) = request.into_parts();
     let mut headers = http::HeaderMap::with_capacity(parts.headers.len());

@@ -6,66 +6,14 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use common::*;
 use inflight_proto::externalscaler::external_scaler_client::ExternalScalerClient;
-use inflight_proto::externalscaler::ScaledObjectRef;
-
-/// The real aggregator, in this process on a thread of its own: (gRPC, admin).
-fn start_aggregator() -> (SocketAddr, SocketAddr) {
-    let (grpc, smi, admin) = (local(free_port()), local(free_port()), local(free_port()));
-    let config = inflight_aggregator::Config::try_parse_from([
-        "inflight-aggregator",
-        "--grpc-listen",
-        &grpc.to_string(),
-        "--smi-listen",
-        &smi.to_string(),
-        "--admin-listen",
-        &admin.to_string(),
-        // A fresh process in a test: no reporter is yet to find it.
-        "--warm-up",
-        "0s",
-    ])
-    .unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(inflight_aggregator::run(config, std::future::pending()))
-            .unwrap();
-    });
-    let until = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(grpc).is_err() {
-        assert!(
-            Instant::now() < until,
-            "aggregator did not listen on {grpc}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (grpc, admin)
-}
-
-/// The ScaledObject KEDA would send for `web` (what the operator writes in its trigger).
-fn reference() -> ScaledObjectRef {
-    ScaledObjectRef {
-        name: "web".into(),
-        namespace: "shop".into(),
-        scaler_metadata: HashMap::from([
-            ("workload".to_owned(), "deployment/web".to_owned()),
-            ("target".to_owned(), "10".to_owned()),
-            ("scaleToZeroAfter".to_owned(), "5m".to_owned()),
-        ]),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_held_request_pushes_active_to_keda_without_waiting_for_a_report_interval() {
-    let (grpc, _) = start_aggregator();
+    let grpc = start_aggregator();
     // Reports every minute: a `true` before then can only come from the report the first held
     // request makes at once.
     let activator = Running::start(&[
@@ -90,7 +38,7 @@ async fn the_first_held_request_pushes_active_to_keda_without_waiting_for_a_repo
         .await
         .unwrap();
     let mut pushes = keda
-        .stream_is_active(reference())
+        .stream_is_active(scaled_object("web"))
         .await
         .unwrap()
         .into_inner();
@@ -115,8 +63,7 @@ async fn the_first_held_request_pushes_active_to_keda_without_waiting_for_a_repo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_aggregator_hears_of_the_first_held_request() {
-    let (a, _) = start_aggregator();
-    let (b, _) = start_aggregator();
+    let (a, b) = (start_aggregator(), start_aggregator());
     let activator = Running::start(&[
         "--aggregator",
         &format!("http://{a},http://{b}"),
@@ -136,7 +83,7 @@ async fn every_aggregator_hears_of_the_first_held_request() {
             .await
             .unwrap();
         let mut pushes = keda
-            .stream_is_active(reference())
+            .stream_is_active(scaled_object("web"))
             .await
             .unwrap()
             .into_inner();

@@ -44,11 +44,6 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Response<Self::Body>> + Send;
     /// Upgraded connections still open, which a drain waits for.
     fn tunnels(&self) -> &Tunnels;
-    /// Called as soon as hyper has read a request's head, before the connection reads on
-    /// (which it does at once, watching for the client leaving).
-    fn arrived(&self, request: Request<Incoming>) -> Request<Incoming> {
-        request
-    }
 }
 
 /// How long open connections may take to finish once accepting has stopped.
@@ -116,7 +111,7 @@ async fn work<H: Handler>(
         };
         let (proxy, builders, open) = (proxy.clone(), builders.clone(), open.clone());
         let mut closing = not_closing.clone();
-        let task = async move {
+        tokio::spawn(async move {
             let _open = open;
             // An upgraded connection outlives this task: the tunnel keeps
             // the connection's place under the cap until it closes.
@@ -133,8 +128,7 @@ async fn work<H: Handler>(
             // client may keep an idle connection open, and pings watch it.
             let requests = (protocol == Protocol::Http1).then(|| idle::Requests::new(opened));
             let watched = requests.clone();
-            let service = service_fn(move |request: Request<_>| {
-                let mut request = proxy.arrived(request);
+            let service = service_fn(move |mut request: Request<_>| {
                 if request.headers().contains_key(http::header::UPGRADE) {
                     let slot: Arc<dyn std::any::Any + Send + Sync> = slot.clone();
                     request.extensions_mut().insert(KeepWhileOpen(slot));
@@ -167,8 +161,7 @@ async fn work<H: Handler>(
                     tracing::debug!(%client, "no whole request head in time; closing");
                 }
             }
-        };
-        tokio::spawn(task);
+        });
     }
     // Accepting has stopped: HTTP/1 connections close once their response is
     // out, h2c ones get GOAWAY and finish the streams they have open. Then

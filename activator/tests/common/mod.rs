@@ -184,12 +184,17 @@ impl Drop for Running {
 }
 
 pub fn hta(activation: serde_json::Value, concurrency: u32) -> HttpAutoscaler {
+    hta_named("web", activation, concurrency)
+}
+
+/// The HTTPAutoscaler `name` of namespace `shop`, for the Service and Deployment `name`.
+pub fn hta_named(name: &str, activation: serde_json::Value, concurrency: u32) -> HttpAutoscaler {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "inflight.dev/v1alpha1", "kind": "HTTPAutoscaler",
-        "metadata": {"name": "web", "namespace": "shop"},
+        "metadata": {"name": name, "namespace": "shop"},
         "spec": {
-            "scaleTargetRef": {"kind": "Deployment", "name": "web"},
-            "service": {"name": "web", "port": 80},
+            "scaleTargetRef": {"kind": "Deployment", "name": name},
+            "service": {"name": name, "port": 80},
             "minReplicas": 0, "maxReplicas": 10,
             "containerConcurrency": concurrency,
             "activation": activation,
@@ -349,4 +354,53 @@ pub fn cold_start_ms(headers: &http::HeaderMap) -> Option<u64> {
         .strip_suffix("ms")?
         .parse()
         .ok()
+}
+
+/// The real aggregator, in this process on a thread of its own: its gRPC address.
+pub fn start_aggregator() -> SocketAddr {
+    let (grpc, smi, admin) = (local(free_port()), local(free_port()), local(free_port()));
+    let config = inflight_aggregator::Config::try_parse_from([
+        "inflight-aggregator",
+        "--grpc-listen",
+        &grpc.to_string(),
+        "--smi-listen",
+        &smi.to_string(),
+        "--admin-listen",
+        &admin.to_string(),
+        // A fresh process in a test: no reporter is yet to find it.
+        "--warm-up",
+        "0s",
+    ])
+    .unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(inflight_aggregator::run(config, std::future::pending()))
+            .unwrap();
+    });
+    let until = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(grpc).is_err() {
+        assert!(
+            Instant::now() < until,
+            "aggregator did not listen on {grpc}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    grpc
+}
+
+/// The ScaledObject KEDA would send for the Deployment `name` of `shop` (what the operator
+/// writes in its trigger).
+pub fn scaled_object(name: &str) -> inflight_proto::externalscaler::ScaledObjectRef {
+    inflight_proto::externalscaler::ScaledObjectRef {
+        name: name.into(),
+        namespace: "shop".into(),
+        scaler_metadata: HashMap::from([
+            ("workload".to_owned(), format!("deployment/{name}")),
+            ("target".to_owned(), "10".to_owned()),
+            ("scaleToZeroAfter".to_owned(), "5m".to_owned()),
+        ]),
+    }
 }
