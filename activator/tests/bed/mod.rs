@@ -1,0 +1,751 @@
+//! The scene the activator's test bed tests and the cold-start benchmark
+//! (`examples/cold_start.rs`, `bench/cold-start.sh`) stand on, everything around the activator
+//! real: the injector (in this process, behind a MutatingWebhookConfiguration of the scene's own)
+//! adds inflight-proxy to the pods of a labelled namespace's demo Deployment; the aggregator runs
+//! in the cluster and real KEDA scales on it; the operator (in this process, on a runtime of its
+//! own thread) switches the Service `web` between the activators and the pods; two replicas of the
+//! real `inflight-activator` image run in the cluster under the chart's RBAC
+//! (`charts/inflight/templates/activator-rbac.yaml`), watching only the scene's namespace. Clients
+//! on this host call the Service's ClusterIP (the bed routes the Service range to its node), with
+//! the Host a client in the cluster would send.
+//!
+//! The operator and the injector run in this process because Cargo builds their binaries only for
+//! their own packages' tests; each gets the library's `run` with the flags its binary takes.
+//!
+//! Included by `tests/testbed.rs` (`mod bed;`) and by `examples/cold_start.rs` (`#[path]`).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use clap::Parser as _;
+use inflight_testbed::images::image_ref;
+use inflight_testbed::{eventually, TestBed};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A scheduling gate the second test puts on the workload's pods, so that the workload stays
+/// without a ready pod (proxy mode) for as long as the test needs, after KEDA has woken it.
+pub const HOLD_GATE: &str = "inflight.dev/test-hold";
+
+pub const ACTIVATOR: &str = "inflight-activator";
+
+// ---------------------------------------------------------------------------------------------
+// Requests, sent by hand so that the test knows whether a failed one was ever sent.
+
+/// What one request came to.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A response: its status, its `X-Inflight-Cold-Start` header, its body.
+    Answered {
+        status: u16,
+        cold_start: Option<String>,
+        body: String,
+    },
+    /// Nothing reached a server: the connection was refused, reset or unreachable before the
+    /// request went out. The only failure a client may try again.
+    NotSent(String),
+    /// The request went out and no whole response came back.
+    Failed(String),
+}
+
+/// `GET path` with `Host: host` on a new connection to `addr`, the answer read to its end.
+pub async fn send(addr: SocketAddr, host: &str, path: &str, within: Duration) -> Outcome {
+    let mut stream =
+        match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Outcome::NotSent(format!("connect: {:?}", e.kind())),
+            Err(_) => return Outcome::NotSent("connect: timed out".into()),
+        };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    if let Err(e) = stream.write_all(request.as_bytes()).await {
+        // The kernel refuses to queue the request only on a connection already reset.
+        return Outcome::NotSent(format!("write: {:?}", e.kind()));
+    }
+    let mut raw = Vec::new();
+    match tokio::time::timeout(within, stream.read_to_end(&mut raw)).await {
+        Err(_) => return Outcome::Failed(format!("no whole answer within {within:?}")),
+        Ok(Err(e)) => {
+            return Outcome::Failed(format!(
+                "read after {} bytes: {e} ({:?})",
+                raw.len(),
+                e.kind()
+            ))
+        }
+        Ok(Ok(_)) => {}
+    }
+    let text = String::from_utf8_lossy(&raw);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Outcome::Failed(format!("no response head in {text:?}"));
+    };
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok());
+    let Some(status) = status else {
+        return Outcome::Failed(format!("no status line in {head:?}"));
+    };
+    let cold_start = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("x-inflight-cold-start"))
+        .map(|(_, value)| value.trim().to_owned());
+    Outcome::Answered {
+        status,
+        cold_start,
+        body: body.to_owned(),
+    }
+}
+
+/// The JSON an admin port answers at `path`.
+pub async fn admin_json(addr: SocketAddr, path: &str) -> Option<Value> {
+    match send(addr, "admin", path, Duration::from_secs(5)).await {
+        Outcome::Answered {
+            status: 200, body, ..
+        } => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
+}
+
+pub async fn admin_text(addr: SocketAddr, path: &str) -> Option<String> {
+    match send(addr, "admin", path, Duration::from_secs(5)).await {
+        Outcome::Answered {
+            status: 200, body, ..
+        } => Some(body),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster's side.
+
+pub fn get(tb: &TestBed, what: &[&str]) -> Option<Value> {
+    let mut args = vec!["get"];
+    args.extend_from_slice(what);
+    args.extend_from_slice(&["-o", "json"]);
+    tb.kubectl(&args)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+}
+
+/// (spec.replicas, readyReplicas) of a Deployment.
+pub fn replicas(tb: &TestBed, name: &str) -> (i64, i64) {
+    let d = get(tb, &[&format!("deployment/{name}")]).unwrap_or_default();
+    (
+        d["spec"]["replicas"].as_i64().unwrap_or(0),
+        d["status"]["readyReplicas"].as_i64().unwrap_or(0),
+    )
+}
+
+pub fn cluster_ip(tb: &TestBed, svc: &str) -> String {
+    tb.kubectl(&["get", "service", svc, "-o", "jsonpath={.spec.clusterIP}"])
+        .unwrap()
+}
+
+/// The ready addresses (sorted) and the port of an EndpointSlice.
+pub fn slice_ready(tb: &TestBed, name: &str) -> Option<(Vec<String>, i64)> {
+    let s = get(tb, &[&format!("endpointslice/{name}")])?;
+    let port = s["ports"][0]["port"].as_i64().unwrap_or(0);
+    let mut ips: Vec<String> = s["endpoints"]
+        .as_array()
+        .map(|eps| {
+            eps.iter()
+                .filter(|e| e["conditions"]["ready"] == json!(true))
+                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    ips.sort();
+    Some((ips, port))
+}
+
+/// The pods labelled `app=<app>` that are not being deleted.
+pub fn pods(tb: &TestBed, app: &str) -> Vec<Value> {
+    let list = get(tb, &["pods", "-l", &format!("app={app}")]).unwrap_or_default();
+    list["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect()
+}
+
+pub fn is_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+/// (name, IP) of the ready pods of `app`, by IP.
+pub fn ready_pods(tb: &TestBed, app: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = pods(tb, app)
+        .iter()
+        .filter(|p| is_ready(p))
+        .filter_map(|p| {
+            Some((
+                p["metadata"]["name"].as_str()?.to_owned(),
+                p["status"]["podIP"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    out
+}
+
+pub fn ips(pods: &[(String, String)]) -> Vec<String> {
+    pods.iter().map(|(_, ip)| ip.clone()).collect()
+}
+
+pub fn at(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+/// `inflight_aggregator_scaler_calls_total{method="<method>"}` in a `/metrics` text.
+pub fn scaler_calls(metrics: &str, method: &str) -> u64 {
+    let label = format!("method=\"{method}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("inflight_aggregator_scaler_calls_total{") && l.contains(&label))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// The chart's RBAC for the activator, applied for the test's namespace: the ServiceAccount and
+/// the ClusterRole as the chart has them, the ClusterRole bound by a RoleBinding in the test's
+/// namespace instead of the chart's ClusterRoleBinding (which every test would rewrite for
+/// itself). The activator pods then run with exactly the chart's rights.
+pub fn chart_rbac(tb: &TestBed) {
+    let ns = tb.namespace();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/inflight/templates/activator-rbac.yaml"
+    ))
+    .unwrap()
+    .replace("{{ .Release.Namespace }}", ns);
+    assert!(
+        !text.contains("{{"),
+        "a template the test cannot render: {text}"
+    );
+    let docs: Vec<&str> = text
+        .split("\n---\n")
+        .filter(|d| !d.contains("kind: ClusterRoleBinding"))
+        .collect();
+    assert_eq!(docs.len(), 2, "the ServiceAccount and the ClusterRole");
+    let path = std::env::temp_dir().join(format!("inflight-activator-rbac-{ns}.yaml"));
+    std::fs::write(&path, docs.join("\n---\n")).unwrap();
+    tb.kubectl(&["apply", "-f", &path.display().to_string()])
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    tb.apply(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "inflight-activator-cluster-rules"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ACTIVATOR},
+        "subjects": [{"kind": "ServiceAccount", "name": ACTIVATOR, "namespace": ns}]}))
+        .unwrap();
+}
+
+/// A pod template's metadata that keeps the injector away (the aggregator and the activator are
+/// not workloads inflight scales).
+pub fn not_injected(mut deployment: Value) -> Value {
+    deployment["spec"]["template"]["metadata"]["annotations"] =
+        json!({"inflight.dev/inject": "disabled"});
+    deployment
+}
+
+/// One aggregator (gRPC for KEDA and the reports), its Service for KEDA and the headless one
+/// the proxies and the activators resolve to each replica.
+pub fn aggregator() -> Value {
+    json!({"apiVersion": "v1", "kind": "List", "items": [
+        not_injected(inflight_testbed::manifests::deployment("inflight-aggregator", 1, json!({"containers": [{
+            "name": "aggregator", "image": image_ref("inflight-aggregator"), "imagePullPolicy": "Never",
+            "ports": [{"containerPort": 9090, "name": "grpc"}],
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15093}, "periodSeconds": 1}}]}))),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator"},
+         "spec": {"selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator-ingest"},
+         "spec": {"clusterIP": "None", "publishNotReadyAddresses": true,
+                  "selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}}
+    ]})
+}
+
+/// Two replicas of the real activator under the chart's ServiceAccount, watching the test's
+/// namespace, reporting to `aggregator`; and the Service the operator takes their addresses from.
+pub fn activators(ns: &str, aggregator: &str) -> Value {
+    let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
+    let pod = json!({
+        "serviceAccountName": ACTIVATOR,
+        "terminationGracePeriodSeconds": 30,
+        "containers": [{
+            "name": "activator", "image": image_ref(ACTIVATOR), "imagePullPolicy": "Never",
+            "args": ["--aggregator", aggregator],
+            "env": [{"name": "WATCH_NAMESPACE", "value": ns},
+                    {"name": "RUST_LOG", "value": "info,inflight_activator=debug"},
+                    {"name": "NO_COLOR", "value": "1"},
+                    {"name": "POD_NAME", "valueFrom": field("metadata.name")},
+                    {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
+                    {"name": "POD_IP", "valueFrom": field("status.podIP")}],
+            "ports": [{"containerPort": 8080, "name": "http"}, {"containerPort": 15091, "name": "admin"}],
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15091}, "periodSeconds": 1}}]});
+    json!({"apiVersion": "v1", "kind": "List", "items": [
+        not_injected(inflight_testbed::manifests::deployment(ACTIVATOR, 2, pod)),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": ACTIVATOR},
+         "spec": {"selector": {"app": ACTIVATOR}, "ports": [{"name": "http", "port": 8080}]}}
+    ]})
+}
+
+/// `web`: the demo app (each request takes `latency`; the tests' takes 50 ms) as a user writes it,
+/// at zero replicas, and its Service as it was before inflight. The injector adds the proxy to its
+/// pods.
+pub fn web(gated: bool, latency: &str) -> Value {
+    let mut pod = json!({"terminationGracePeriodSeconds": 30, "containers": [{
+        "name": "app", "image": image_ref("inflight-demo-app"), "imagePullPolicy": "Never",
+        "args": ["serve", "--listen", "0.0.0.0:8080", "--latency", latency],
+        "ports": [{"containerPort": 8080, "name": "http"}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}}]});
+    if gated {
+        pod["schedulingGates"] = json!([{"name": HOLD_GATE}]);
+    }
+    json!({"apiVersion": "v1", "kind": "List", "items": [
+        inflight_testbed::manifests::deployment("web", 0, pod),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+         "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
+    ]})
+}
+
+pub fn hta(spec: Value) -> Value {
+    let mut base = json!({
+        "scaleTargetRef": {"kind": "Deployment", "name": "web"},
+        "service": {"name": "web", "port": 80, "targetPort": 8080},
+        "minReplicas": 0,
+        "activation": {"timeout": "120s"}
+    });
+    if let (Some(b), Some(extra)) = (base.as_object_mut(), spec.as_object()) {
+        b.extend(extra.clone());
+    }
+    json!({"apiVersion": "inflight.dev/v1alpha1", "kind": "HTTPAutoscaler",
+           "metadata": {"name": "web"}, "spec": base})
+}
+
+// ---------------------------------------------------------------------------------------------
+// The parts that run in this process.
+
+/// A server's `run` on a multi-threaded runtime of its own thread, stopped (its shutdown future
+/// resolved, 15 s at most to finish) when dropped.
+pub struct Background {
+    name: &'static str,
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    pub fn start<F, Fut>(name: &'static str, run: F) -> Self
+    where
+        F: FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>>,
+    {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let mut limit = stopped.clone();
+                let mut shutdown = stopped;
+                let result = rt.block_on(async move {
+                    let shutdown = Box::pin(async move {
+                        let _ = shutdown.wait_for(|s| *s).await;
+                    });
+                    tokio::select! {
+                        result = run(shutdown) => result,
+                        _ = async {
+                            let _ = limit.wait_for(|s| *s).await;
+                            tokio::time::sleep(Duration::from_secs(15)).await;
+                        } => Err(anyhow::anyhow!("did not stop within 15 s")),
+                    }
+                });
+                if let Err(error) = result {
+                    eprintln!("{name}: {error:#}");
+                }
+                rt.shutdown_timeout(Duration::from_secs(2));
+            })
+            .unwrap();
+        Self {
+            name,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                eprintln!("{}: its thread panicked", self.name);
+            }
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What every test of this process shares: the admin kubeconfig in `KUBECONFIG` (the operator's
+/// and the injector's `run` take their client from it, as their binaries do), and the log of
+/// both in a file.
+pub fn process_setup(tb: &TestBed) -> std::path::PathBuf {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let log = std::env::temp_dir().join(format!(
+        "inflight-activator-testbed-{}.log",
+        std::process::id()
+    ));
+    let kubeconfig = tb.kubeconfig();
+    let path = log.clone();
+    ONCE.call_once(move || {
+        std::env::set_var("KUBECONFIG", kubeconfig);
+        use tracing_subscriber::filter::Targets;
+        use tracing_subscriber::prelude::*;
+        let file = std::fs::File::create(&path).unwrap();
+        let filter = Targets::new()
+            .with_target("inflight_operator", tracing::Level::DEBUG)
+            .with_target("inflight_injector", tracing::Level::INFO)
+            .with_default(tracing::Level::WARN);
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(Mutex::new(file)),
+            )
+            .try_init();
+    });
+    log
+}
+
+/// The real injector on the host end of the bed's network, with a serving certificate of the
+/// cluster CA for that address, and a webhook configuration that sends it the pods of the test's
+/// namespace only. Returns it and its admin address.
+pub async fn injector(tb: &TestBed, aggregator: &str) -> (Background, SocketAddr) {
+    let host = tb.layout().host_ip();
+    let dir = std::env::temp_dir().join(format!("inflight-activator-bed-{}", tb.namespace()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) =
+        inflight_testbed::pki::serving_cert(tb.layout(), &[host.to_string()]).unwrap();
+    std::fs::write(dir.join("tls.crt"), cert).unwrap();
+    std::fs::write(dir.join("tls.key"), key).unwrap();
+    let listen = SocketAddr::from((host, free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = inflight_injector::Config::try_parse_from([
+        "inflight-injector",
+        "--listen",
+        &listen.to_string(),
+        "--admin-listen",
+        &admin.to_string(),
+        "--tls-cert",
+        &dir.join("tls.crt").display().to_string(),
+        "--tls-key",
+        &dir.join("tls.key").display().to_string(),
+        "--proxy-image",
+        &image_ref("inflight-proxy"),
+        "--proxy-image-pull-policy",
+        "Never",
+        "--aggregator",
+        aggregator,
+    ])
+    .unwrap();
+    let running = Background::start("inflight-injector", move |shutdown| {
+        inflight_injector::run(config, shutdown)
+    });
+    eventually("the injector to listen", 60, || async {
+        TcpStream::connect(listen).await.ok().map(drop)
+    })
+    .await;
+    let ns = tb.namespace();
+    let ca = std::fs::read(tb.layout().pki().join("ca.crt")).unwrap();
+    tb.apply(&json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": format!("inflight-injector-{ns}")},
+        "webhooks": [{
+            "name": "inject.inflight.dev",
+            "admissionReviewVersions": ["v1"],
+            "clientConfig": {"url": format!("https://{listen}/mutate"),
+                             "caBundle": base64::engine::general_purpose::STANDARD.encode(ca)},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["pods"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchLabels": {"inflight.dev/inject": "enabled",
+                                                  "inflight.dev/webhook-test": ns}},
+            "failurePolicy": "Ignore",
+            "sideEffects": "None",
+            "timeoutSeconds": 5,
+            "reinvocationPolicy": "IfNeeded"
+        }]
+    }))
+    .unwrap();
+    tb.kubectl(&[
+        "label",
+        "namespace",
+        ns,
+        "inflight.dev/inject=enabled",
+        &format!("inflight.dev/webhook-test={ns}"),
+        "--overwrite",
+    ])
+    .unwrap();
+    (running, admin)
+}
+
+/// The operator, reconciling the test's namespace, with the activator Service of the test.
+pub fn operator(tb: &TestBed, aggregator_address: &str) -> Background {
+    let ns = tb.namespace();
+    let config = inflight_operator::Config::try_parse_from([
+        "inflight-operator",
+        "--admin-listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--watch-namespace",
+        ns,
+        "--namespace",
+        ns,
+        "--identity",
+        "activator-testbed",
+        "--activator-service",
+        &format!("{ns}/{ACTIVATOR}"),
+        "--aggregator-address",
+        aggregator_address,
+        "--resync-interval",
+        "10s",
+        // The cluster's webhook and APIService are other tests' business.
+        "--tls-bootstrap",
+        "false",
+    ])
+    .unwrap();
+    Background::start("inflight-operator", move |shutdown| {
+        inflight_operator::run(config, shutdown)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scene the tests and the cold-start benchmark stand on.
+
+pub struct Scene {
+    pub tb: TestBed,
+    /// The Service `web`'s ClusterIP and port.
+    pub web: SocketAddr,
+    /// What a client in the cluster would send as Host.
+    pub host: String,
+    /// The aggregator pod's admin port (its gRPC port, 9090, is on the same IP).
+    pub aggregator_admin: SocketAddr,
+    /// The injector's admin port (in this process).
+    pub injector_admin: SocketAddr,
+    operator: Option<Background>,
+    injector: Option<Background>,
+}
+
+impl Scene {
+    /// Everything up, the HTTPAutoscaler `web` with `spec` made, and `web` at zero with its
+    /// Service on the two activators; `web`'s app takes 50 ms a request.
+    pub async fn start(tb: TestBed, spec: Value, gated: bool) -> Self {
+        Self::start_with_latency(tb, spec, gated, "50ms").await
+    }
+
+    /// [`Scene::start`] with `web`'s app taking `latency` (a humantime duration) a request.
+    pub async fn start_with_latency(tb: TestBed, spec: Value, gated: bool, latency: &str) -> Self {
+        let log = process_setup(&tb);
+        let ns = tb.namespace().to_owned();
+        println!(
+            "namespace {ns}; the operator's and the injector's log: {}",
+            log.display()
+        );
+        let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+        // Made first, so that whatever fails from here on is cleaned up (and diagnosed).
+        let mut scene = Self {
+            tb,
+            web: unknown,
+            host: format!("web.{ns}"),
+            aggregator_admin: unknown,
+            injector_admin: unknown,
+            operator: None,
+            injector: None,
+        };
+        let tb = &scene.tb;
+        let crd: Value = serde_json::from_str(&inflight_api::crd_text()).unwrap();
+        tb.apply_in("default", &crd).unwrap();
+        tb.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/httpautoscalers.inflight.dev",
+        ])
+        .unwrap();
+        let ingest = format!("http://inflight-aggregator-ingest.{ns}.svc.cluster.local:9090");
+        let (injector, injector_admin) = injector(tb, &ingest).await;
+        scene.injector = Some(injector);
+        scene.injector_admin = injector_admin;
+        chart_rbac(tb);
+        tb.apply(&aggregator()).unwrap();
+        tb.apply(&activators(&ns, &ingest)).unwrap();
+        tb.apply(&web(gated, latency)).unwrap();
+        eventually("the aggregator and two activators ready", 180, || async {
+            (replicas(tb, "inflight-aggregator").1 == 1 && replicas(tb, ACTIVATOR).1 == 2)
+                .then_some(())
+        })
+        .await;
+        let aggregator_ip = ready_pods(tb, "inflight-aggregator")[0].1.clone();
+        let aggregator_address = format!("{}:9090", cluster_ip(tb, "inflight-aggregator"));
+        scene.web = at(&cluster_ip(tb, "web"), 80);
+        scene.aggregator_admin = at(&aggregator_ip, 15093);
+        scene.operator = Some(operator(&scene.tb, &aggregator_address));
+        scene.tb.apply(&hta(spec)).unwrap();
+        eventually("a ScaledObject KEDA calls Ready", 180, || async {
+            let so = get(&scene.tb, &["scaledobject/web"])?;
+            so["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                .then_some(())
+        })
+        .await;
+        scene.at_zero_on_the_activators(60).await;
+        scene
+    }
+
+    /// Waits until `web` has no replica, its Service's slice holds the ready activators (at
+    /// their port 8080) and nothing else, each activator routes `web`, and a connection to the
+    /// Service's ClusterIP reaches an activator (kube-proxy has caught up). Returns the
+    /// activators.
+    pub async fn at_zero_on_the_activators(&self, secs: u64) -> Vec<(String, String)> {
+        let tb = &self.tb;
+        let activators = eventually(
+            "web at zero, its Service on the two activators, mode Proxy",
+            secs,
+            || async {
+                let act = ready_pods(tb, ACTIVATOR);
+                let (proxy, port) = slice_ready(tb, "web-inflight-proxy")?;
+                let (serve, _) = slice_ready(tb, "web-inflight-serve")?;
+                let h = get(tb, &["hta/web"])?;
+                (replicas(tb, "web").0 == 0
+                    && act.len() == 2
+                    && proxy == ips(&act)
+                    && port == 8080
+                    && serve.is_empty()
+                    && h["status"]["mode"] == "Proxy")
+                    .then_some(act)
+            },
+        )
+        .await;
+        for (name, ip) in &activators {
+            eventually(&format!("{name} to route web"), 30, || async {
+                let stats = admin_json(at(ip, 15091), "/stats").await?;
+                (stats["routes"].as_u64()? >= 1).then_some(())
+            })
+            .await;
+        }
+        // A host no HTTPAutoscaler claims is answered 404 by an activator, and wakes nothing.
+        eventually("the Service to reach an activator", 30, || async {
+            for _ in 0..4 {
+                match send(self.web, "nobody.invalid", "/", Duration::from_secs(5)).await {
+                    Outcome::Answered {
+                        status: 404, body, ..
+                    } if body.starts_with("inflight-activator:") => {}
+                    _ => return None,
+                }
+            }
+            Some(())
+        })
+        .await;
+        activators
+    }
+
+    /// The sum of `requests_total` over the `/stats` of the proxies of every pod of `web`.
+    pub async fn web_requests(&self) -> u64 {
+        let mut total = 0;
+        for pod in pods(&self.tb, "web") {
+            let Some(ip) = pod["status"]["podIP"].as_str() else {
+                continue;
+            };
+            if let Some(stats) = admin_json(at(ip, 15090), "/stats").await {
+                total += stats["requests_total"].as_u64().unwrap_or(0);
+            }
+        }
+        total
+    }
+
+    /// What an engineer would look at first, printed when a test fails.
+    pub fn diagnose(&self) {
+        let tb = &self.tb;
+        for args in [
+            &["get", "pods", "-o", "wide"][..],
+            &["get", "hta", "web", "-o", "yaml"],
+            &["get", "endpointslices", "-o", "wide"],
+            &["get", "scaledobject", "web", "-o", "yaml"],
+            &[
+                "logs",
+                "-l",
+                "app=inflight-activator",
+                "--tail",
+                "60",
+                "--prefix",
+            ],
+            &["logs", "-l", "app=inflight-aggregator", "--tail", "30"],
+        ] {
+            println!("--- kubectl {}", args.join(" "));
+            match tb.kubectl(args) {
+                Ok(out) => println!("{out}"),
+                Err(e) => println!("{e}"),
+            }
+        }
+        // Dropped inside the test's runtime, which cannot be blocked on: a thread of its own.
+        let activators = ready_pods(tb, ACTIVATOR);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            for (name, ip) in activators {
+                let stats = rt.block_on(admin_json(at(&ip, 15091), "/stats"));
+                println!("--- {name} /stats: {stats:?}");
+            }
+            Some(())
+        })
+        .join();
+    }
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.diagnose();
+        }
+        self.operator.take();
+        // The finalizer the operator would have removed, or the namespace could never go.
+        let _ = self.tb.kubectl(&[
+            "patch",
+            "hta",
+            "web",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ]);
+        let _ = self.tb.kubectl(&[
+            "delete",
+            "mutatingwebhookconfiguration",
+            &format!("inflight-injector-{}", self.tb.namespace()),
+            "--ignore-not-found",
+        ]);
+        self.injector.take();
+    }
+}
