@@ -352,6 +352,9 @@ pub fn down(name: &str) -> Result<Vec<String>, Error> {
         return Ok(Vec::new());
     };
     teardown(&layout);
+    // The root only holds beds; remove it with the last one (here, not in `teardown`: `up` clears
+    // a half-made bed and then allocates its index by reading the root).
+    let _ = fs::remove_dir(STATE_ROOT);
     Ok(leftovers(&layout))
 }
 
@@ -393,8 +396,6 @@ fn teardown(layout: &Layout) {
     network::destroy(layout);
     cgroups::remove(layout);
     let _ = fs::remove_dir_all(layout.dir());
-    // The root only holds beds; remove it with the last one.
-    let _ = fs::remove_dir(STATE_ROOT);
 }
 
 /// What of a bed is still on the host: processes, mounts, cgroups, network, files.

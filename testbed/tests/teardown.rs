@@ -97,6 +97,18 @@ fn testbed_second_bed_side_by_side_and_down_leaves_nothing_behind() {
         .filter(|e| e.contains("inflight"))
         .collect();
 
+    // A bed of the same name left half-made (a crash before `ready`): `up` clears it first. When
+    // no other bed runs this leftover is all the state root holds, which clearing once removed
+    // with it (CI, 2026-12-02).
+    let state_dir = layout::state_dir(NAME);
+    fs::create_dir_all(&state_dir).unwrap();
+    fs::write(
+        state_dir.join("index"),
+        format!("{}\n", layout::MAX_BEDS - 1),
+    )
+    .unwrap();
+    fs::write(state_dir.join("half-made"), "").unwrap();
+
     let bed = cluster::up(
         NAME,
         &UpOptions {
@@ -105,7 +117,10 @@ fn testbed_second_bed_side_by_side_and_down_leaves_nothing_behind() {
         },
     )
     .unwrap();
-    let state_dir = layout::state_dir(NAME);
+    assert!(
+        !state_dir.join("half-made").exists(),
+        "the half-made bed was not cleared"
+    );
     let link = bed.host_link();
 
     // While it runs, every check sees it: the checks below can fail.
