@@ -19,7 +19,8 @@ cargo build --release --locked -p inflight-aggregator --bins --example load >&2
 bin="$CARGO_TARGET_DIR/release"
 aggregator="${INFLIGHT_AGGREGATOR_BIN:-$bin/inflight-aggregator}"
 # No warm-up: the figures start at once. The 100,000-pod row is above the default --max-pods.
-read -r -a flags <<<"${AGGREGATOR_FLAGS---warm-up 0s --max-pods 200000}"
+# No cluster to review report tokens with: --ingest-auth none.
+read -r -a flags <<<"${AGGREGATOR_FLAGS---warm-up 0s --max-pods 200000 --ingest-auth none}"
 port=$((20000 + RANDOM % 20000))
 agg_pid=
 cleanup() {

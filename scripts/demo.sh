@@ -33,11 +33,10 @@ kubectl() { "${INFLIGHT_CACHE:-$HOME/.cache/inflight}/testbed/kubernetes-$(sed -
 kubectl get nodes
 
 step "the aggregator, the demo app with inflight-proxy in each pod, and a ScaledObject"
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
+# The aggregator's rights, as the chart gives them: it reviews each report's token.
+sed "s/{{ .Release.Namespace }}/$NS/g" charts/inflight/templates/aggregator-rbac.yaml | kubectl apply -f -
 kubectl apply -f - <<YAML
-apiVersion: v1
-kind: Namespace
-metadata: {name: $NS}
----
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: inflight-aggregator, namespace: $NS}
@@ -47,6 +46,7 @@ spec:
   template:
     metadata: {labels: {app: inflight-aggregator}}
     spec:
+      serviceAccountName: inflight-aggregator
       containers:
       - name: aggregator
         image: inflight.local/inflight-aggregator:dev
@@ -79,8 +79,15 @@ spec:
   replicas: 1
   selector: {matchLabels: {app: demo}}
   template:
-    metadata: {labels: {app: demo}}
+    # The workload label and the token volume are what the injector adds: the aggregator takes
+    # the pod's reports only for the workload its label names, from the pod its token is bound to.
+    metadata: {labels: {app: demo, inflight.dev/workload: deployment.demo}}
     spec:
+      volumes:
+      - name: inflight-aggregator-token
+        projected:
+          sources:
+          - serviceAccountToken: {audience: inflight.dev/aggregator, expirationSeconds: 3600, path: token}
       initContainers:
       # A native sidecar: starts before the app, stops after it.
       - name: inflight-proxy
@@ -93,6 +100,8 @@ spec:
         - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
         - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
         - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+        volumeMounts:
+        - {name: inflight-aggregator-token, mountPath: /var/run/secrets/inflight.dev/aggregator, readOnly: true}
         ports:
         - {containerPort: 15080, name: inflight-http}
         - {containerPort: 15090, name: inflight-admin}

@@ -44,6 +44,12 @@ pub struct Config {
     #[arg(long, env = "INFLIGHT_REPORT_INTERVAL", default_value = "1s", value_parser = parse_report_interval)]
     pub report_interval: Duration,
 
+    /// The projected ServiceAccount token (audience `inflight.dev/aggregator`) sent with each
+    /// report stream; the injector mounts it here and kubelet rotates it. No file: no token
+    /// (an aggregator with `--ingest-auth none`).
+    #[arg(long, env = "INFLIGHT_TOKEN_FILE", default_value = inflight_proto::names::TOKEN_FILE)]
+    pub token_file: std::path::PathBuf,
+
     /// The cluster's DNS domain, for `<svc>.<ns>.svc.<domain>` host names.
     #[arg(long, env = "INFLIGHT_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,

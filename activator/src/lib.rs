@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use inflight_forward::{server, ForwarderConfig};
-use inflight_report::{ReportMetrics, Target};
+use inflight_report::{ReportMetrics, Target, TokenFile};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -88,6 +88,7 @@ pub async fn run(
         targets,
         config.report_interval,
         report_metrics,
+        TokenFile::new(Some(config.token_file.clone())),
     );
     tokio::spawn(probe::run(
         activator.clone(),

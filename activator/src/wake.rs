@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use inflight_proto::v1::{HeldReport, HeldWorkload, Interval, PodIdentity, WorkloadRef};
 use inflight_report::clock::WallClock;
-use inflight_report::{Fanout, LinkState, ReportMetrics, Target};
+use inflight_report::{Fanout, LinkState, ReportMetrics, Target, TokenFile};
 
 use crate::dispatch::Activator;
 use crate::hold;
@@ -27,8 +27,9 @@ impl Waker {
         targets: Vec<Target>,
         interval: Duration,
         metrics: ReportMetrics,
+        token: TokenFile,
     ) -> Self {
-        let fanout = Fanout::spawn(targets, metrics.clone());
+        let fanout = Fanout::spawn(targets, metrics.clone(), token);
         tokio::spawn(tick_loop(
             activator,
             identity,

@@ -201,6 +201,30 @@ async fn testbed_requests_at_zero_are_held_until_keda_wakes_the_workload_and_eac
         held += stats["requests"]["forwarded_held"].as_u64().unwrap_or(0);
     }
     assert_eq!(held, 1, "the activators' forwarded_held");
+    // The aggregator took the activators' and the injected proxy's reports on their tokens
+    // (reviewed by the API server), and refused none: the wake-up above came through them.
+    let sample = |metrics: &str, prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let metrics = eventually(
+        "an activator's and the proxy's tokens reviewed",
+        30,
+        || async {
+            let metrics = admin_text(aggregator_admin, "/metrics").await?;
+            let accepted = "inflight_aggregator_token_reviews_total{result=\"accepted\"}";
+            (sample(&metrics, accepted) >= 2.0).then_some(metrics)
+        },
+    )
+    .await;
+    assert_eq!(
+        sample(&metrics, "inflight_aggregator_ingest_refusals_total{"),
+        0.0,
+        "{metrics}"
+    );
     eventually("serve mode on web's pod", 60, || async {
         let (serve, _) = slice_ready(tb, "web-inflight-serve")?;
         let h = get(tb, &["hta/web"])?;

@@ -13,6 +13,33 @@ pub struct Config {
     /// gRPC: KEDA's `externalscaler.ExternalScaler` and inflight's `Ingest`.
     #[arg(long, env = "INFLIGHT_GRPC_LISTEN", default_value = "0.0.0.0:9090")]
     pub grpc_listen: SocketAddr,
+    /// Who may report. `tokenreview`: each report stream carries its pod's projected
+    /// ServiceAccount token, reviewed by the API server; the namespace and pod are the token's,
+    /// the workload is the pod's `inflight.dev/workload` label, held requests come only from
+    /// `--activator-service-accounts`. Needs a Kubernetes API (in a pod, or KUBECONFIG).
+    /// `none`: anything that reaches the port reports anything (loopback development only).
+    #[arg(
+        long,
+        env = "INFLIGHT_INGEST_AUTH",
+        value_enum,
+        default_value = "tokenreview"
+    )]
+    pub ingest_auth: crate::auth::Mode,
+    /// The audience report tokens must be made for.
+    #[arg(long, env = "INFLIGHT_TOKEN_AUDIENCE", default_value = inflight_proto::names::TOKEN_AUDIENCE)]
+    pub token_audience: String,
+    /// The ServiceAccounts (NAMESPACE/NAME, comma-separated) whose pods may report held
+    /// requests: the activators'.
+    #[arg(
+        long,
+        env = "INFLIGHT_ACTIVATOR_SERVICE_ACCOUNTS",
+        value_delimiter = ',',
+        default_value = "inflight-system/inflight-activator"
+    )]
+    pub activator_service_accounts: Vec<crate::auth::ServiceAccount>,
+    /// Reviewed tokens kept (about 200 bytes each); beyond, those expiring soonest go.
+    #[arg(long, env = "INFLIGHT_MAX_CACHED_TOKENS", default_value_t = 50_000)]
+    pub max_cached_tokens: usize,
     /// HTTPS: the SMI Traffic Metrics API, for the API server's aggregation layer.
     #[arg(long, env = "INFLIGHT_SMI_LISTEN", default_value = "0.0.0.0:6443")]
     pub smi_listen: SocketAddr,

@@ -5,6 +5,7 @@
 //! - [`registry`]: every workload's figures, pods and activity, by concern ([`workload_key`] names
 //!   a workload);
 //! - [`validate`]: what makes a report contradict itself;
+//! - [`auth`]: who may send a report stream, and which reports;
 //! - [`ingest`]: the `Ingest` report streams;
 //! - [`scaler`]: KEDA's `ExternalScaler`, with the trigger metadata it understands;
 //! - [`smi`]: the SMI Traffic Metrics API for the aggregation layer;
@@ -22,6 +23,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod ingest;
 pub mod metrics;
@@ -97,7 +99,32 @@ pub async fn run(
     // In a pod: its service account; on a workstation: KUBECONFIG. Without either the SMI API
     // refuses every caller (it cannot authenticate them); scaling works regardless.
     let kube = kube::Client::try_default().await.ok();
+    let auth = match (config.ingest_auth, &kube) {
+        (auth::Mode::None, _) => {
+            tracing::warn!("--ingest-auth none: any peer that reaches the gRPC port may report anything; for loopback development only");
+            None
+        }
+        (auth::Mode::Tokenreview, Some(client)) => {
+            let auth = auth::Authenticator::new(
+                client.clone(),
+                config.token_audience.clone(),
+                config.max_cached_tokens,
+            );
+            prometheus.sub_registry_with_prefix("aggregator").register(
+                "token_reviews",
+                "TokenReviews of report streams' tokens, by result (accepted, or why not)",
+                auth.reviewed.clone(),
+            );
+            Some(Arc::new(auth))
+        }
+        (auth::Mode::Tokenreview, None) => anyhow::bail!(
+            "--ingest-auth tokenreview needs a Kubernetes API to review report tokens, and there \
+             is none (no in-cluster config, no KUBECONFIG); pass --ingest-auth none for loopback \
+             development"
+        ),
+    };
     tracing::info!(
+        ingest_auth = ?config.ingest_auth,
         grpc = %grpc.local_addr()?, smi = %smi.local_addr()?, admin = %admin.local_addr()?,
         kubernetes = kube.is_some(), "inflight-aggregator serving"
     );
@@ -155,6 +182,8 @@ pub async fn run(
         registry: registry.clone(),
         metrics: metrics.clone(),
         stopping: stopping.clone(),
+        auth,
+        activators: config.activator_service_accounts.clone().into(),
     };
     let scaler = scaler::ScalerService {
         registry,

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub streams: Gauge,
     pub reports: Counter,
     pub rejected: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
     pub expired_pods: Counter,
     scaler_calls: Family<Labels, Counter>,
     scaler_seconds: Family<Labels, Histogram, fn() -> Histogram>,
@@ -40,6 +41,7 @@ impl Metrics {
             streams: Gauge::default(),
             reports: Counter::default(),
             rejected: Family::default(),
+            refused: Family::default(),
             expired_pods: Counter::default(),
             scaler_calls: Family::default(),
             scaler_seconds: Family::new_with_constructor(scaler_histogram),
@@ -59,6 +61,13 @@ impl Metrics {
             "reports_rejected",
             "Reports refused because they contradict themselves, by reason",
             m.rejected.clone(),
+        );
+        p.register(
+            "ingest_refusals",
+            "Report streams and reports refused for who sent them (no token, a token not good \
+             here, another pod's or workload's report, held requests from other than an \
+             activator), by reason",
+            m.refused.clone(),
         );
         p.register(
             "pods_expired",
@@ -90,6 +99,10 @@ impl Metrics {
             method,
             started: Instant::now(),
         }
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&vec![("reason", reason)]).inc();
     }
 
     pub fn rejected(&self, reason: &'static str) {

@@ -72,7 +72,7 @@ fn aggregator_manifests(tb: &TestBed) -> serde_json::Value {
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
          "subjects": sa},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": format!("inflight-aggregator-{ns}")},
-         "rules": [{"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["list"]},
+         "rules": [{"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get", "list"]},
                    {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets"], "verbs": ["list"]}]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": format!("inflight-aggregator-{ns}")},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("inflight-aggregator-{ns}")},

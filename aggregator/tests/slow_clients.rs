@@ -59,6 +59,7 @@ impl Smi {
         let local = |p: u16| format!("127.0.0.1:{p}");
         let child = Command::new(env!("CARGO_BIN_EXE_inflight-aggregator"))
             .args(["--grpc-listen", &local(free_port())])
+            .args(["--ingest-auth", "none"])
             .args(["--admin-listen", &local(free_port())])
             .args(["--smi-listen", &addr.to_string()])
             .arg("--tls-cert")

@@ -137,6 +137,7 @@ async fn testbed_smi_traffic_metrics_through_the_aggregation_layer() {
                 &format!("{host}:{smi}"),
             ])
             .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--ingest-auth", "none"])
             .args(["--tls-cert", &dir.join("tls.crt").display().to_string()])
             .args(["--tls-key", &dir.join("tls.key").display().to_string()])
             .env("KUBECONFIG", tb.kubeconfig())

@@ -92,8 +92,11 @@ pub fn mutate(pod: &Pod, settings: &Settings) -> Outcome {
     let hook = token.as_deref().map(sidecar::pre_stop);
     // Typed values always serialise; were one not to, the pod goes through untouched rather than
     // with a `null` where a container should be.
-    let (Ok(container), Ok(hook)) = (serde_json::to_value(container), serde_json::to_value(hook))
-    else {
+    let (Ok(container), Ok(hook), Ok(volume)) = (
+        serde_json::to_value(container),
+        serde_json::to_value(hook),
+        serde_json::to_value(sidecar::token_volume()),
+    ) else {
         return skip(
             "patch_encoding",
             Some("inflight: pod not injected: the proxy container could not be encoded".to_owned()),
@@ -116,6 +119,18 @@ pub fn mutate(pod: &Pod, settings: &Settings) -> Outcome {
             WORKLOAD_LABEL,
             &value,
         );
+    }
+    let volumes = spec.and_then(|s| s.volumes.as_ref());
+    if volumes.is_some_and(|v| v.iter().any(|v| v.name == sidecar::TOKEN_VOLUME)) {
+        // A second volume of the name would have the pod refused; one there (a pod made from an
+        // injected pod's spec) is ours.
+    } else if volumes.is_some() {
+        ops.push(add(&["spec", "volumes", "-"], volume));
+    } else {
+        ops.push(add(
+            &["spec", "volumes"],
+            serde_json::Value::Array(vec![volume]),
+        ));
     }
     if settings.native {
         // First among the init containers, so it starts before them all and the app.
@@ -194,6 +209,55 @@ mod tests {
         let mut doc = raw.clone();
         json_patch::patch(&mut doc, patch).unwrap();
         doc
+    }
+
+    #[test]
+    fn the_proxy_alone_mounts_a_token_for_the_aggregator_and_the_volume_is_added_once() {
+        let token_volumes = |out: &serde_json::Value| {
+            out["spec"]["volumes"].as_array().map_or(0, |v| {
+                v.iter()
+                    .filter(|v| v["name"] == sidecar::TOKEN_VOLUME)
+                    .count()
+            })
+        };
+        for volumes in [
+            None,
+            Some(serde_json::json!([{"name": "data", "emptyDir": {}}])),
+        ] {
+            let mut raw = serde_json::json!({"metadata": {"name": "p"},
+                "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 8080}]}]}});
+            if let Some(v) = &volumes {
+                raw["spec"]["volumes"] = v.clone();
+            }
+            let pod: Pod = serde_json::from_value(raw.clone()).unwrap();
+            let out = apply(&raw, &mutate(&pod, &settings(true)));
+            assert_eq!(token_volumes(&out), 1, "{out}");
+            let volume = out["spec"]["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == sidecar::TOKEN_VOLUME)
+                .unwrap();
+            let projection = &volume["projected"]["sources"][0]["serviceAccountToken"];
+            assert_eq!(projection["audience"], "inflight.dev/aggregator");
+            assert_eq!(projection["expirationSeconds"], 3600);
+            assert_eq!(projection["path"], "token");
+            assert_eq!(
+                out["spec"]["initContainers"][0]["volumeMounts"][0]["mountPath"],
+                inflight_proto::names::TOKEN_DIR
+            );
+            assert!(out["spec"]["containers"][0].get("volumeMounts").is_none());
+            if volumes.is_some() {
+                assert_eq!(out["spec"]["volumes"][0]["name"], "data");
+            }
+            // A pod made from an injected pod's spec keeps its one token volume.
+            let mut copied = out.clone();
+            copied["metadata"]["annotations"] = serde_json::json!({});
+            copied["spec"]["initContainers"] = serde_json::json!([]);
+            let pod: Pod = serde_json::from_value(copied.clone()).unwrap();
+            let again = apply(&copied, &mutate(&pod, &settings(true)));
+            assert_eq!(token_volumes(&again), 1);
+        }
     }
 
     #[test]

@@ -5,14 +5,16 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, HTTPHeader,
-    LifecycleHandler, ObjectFieldSelector, Probe, ResourceRequirements, SeccompProfile,
-    SecurityContext,
+    LifecycleHandler, ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use inflight_proto::names::{
     PROXY_ADMIN_PORT, PROXY_ADMIN_PORT_NAME, PROXY_CONTAINER, PROXY_PORT, PROXY_PORT_NAME,
+    TOKEN_AUDIENCE, TOKEN_DIR,
 };
 
 use crate::app::{App, ReadyCheck};
@@ -231,9 +233,42 @@ pub fn container(
             }),
             ..SecurityContext::default()
         }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: TOKEN_VOLUME.to_owned(),
+            mount_path: TOKEN_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
         restart_policy: settings.native.then(|| "Always".to_owned()),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Container::default()
+    }
+}
+
+/// The volume of the pod's ServiceAccount token for the aggregator: an hour's token with the
+/// aggregator's audience (good for nothing else), which kubelet rotates before it expires. Mounted
+/// in the proxy alone; a projected token is made whether or not the pod automounts its API token.
+pub const TOKEN_VOLUME: &str = "inflight-aggregator-token";
+pub const TOKEN_SECONDS: i64 = 3600;
+
+pub fn token_volume() -> Volume {
+    Volume {
+        name: TOKEN_VOLUME.to_owned(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(TOKEN_AUDIENCE.to_owned()),
+                    expiration_seconds: Some(TOKEN_SECONDS),
+                    path: "token".to_owned(),
+                }),
+                ..VolumeProjection::default()
+            }]),
+            // Left to kubelet: 0644, or 0600 owned by the pod's user when every container runs
+            // as one user. A mode without group or other read would leave the proxy's own user
+            // (not root, not the app's) unable to read it; the volume is the proxy's alone.
+            default_mode: None,
+        }),
+        ..Volume::default()
     }
 }
 

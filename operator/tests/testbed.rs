@@ -36,7 +36,7 @@ fn cluster_ip(tb: &TestBed, svc: &str) -> String {
 /// (KEDA in the cluster and the operator on this host both reach it).
 async fn base(tb: &TestBed) -> String {
     install_crd(tb);
-    tb.apply(&aggregator()).unwrap();
+    tb.apply(&aggregator(tb)).unwrap();
     tb.apply(&activator()).unwrap();
     eventually("aggregator and activator ready", 180, || async {
         (replicas(tb, "inflight-aggregator").1 == 1 && replicas(tb, "activator").1 == 1)

@@ -46,3 +46,12 @@ pub const METRIC_PREFIX: &str = "inflight";
 pub fn scaler_metric_name(namespace: &str, kind: &str, name: &str) -> String {
     format!("inflight-{namespace}-{kind}-{name}").to_ascii_lowercase()
 }
+
+/// Audience of the projected ServiceAccount token a reporter sends the aggregator: a token made
+/// for the aggregator is good for nothing else, and one made for anything else is refused here.
+pub const TOKEN_AUDIENCE: &str = "inflight.dev/aggregator";
+/// Where the injector mounts that token in the proxy (kubelet rotates it in place).
+pub const TOKEN_DIR: &str = "/var/run/secrets/inflight.dev/aggregator";
+pub const TOKEN_FILE: &str = "/var/run/secrets/inflight.dev/aggregator/token";
+/// gRPC metadata carrying it, as a bearer token.
+pub const TOKEN_HEADER: &str = "authorization";

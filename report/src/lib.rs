@@ -14,6 +14,7 @@ mod integral;
 mod link;
 mod pod;
 mod target;
+mod token;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ pub use integral::{average, Integral};
 pub use link::LinkState;
 pub use pod::merge as merge_pod;
 pub use target::{Target, TargetError};
+pub use token::TokenFile;
 
 use link::Link;
 
@@ -88,14 +90,17 @@ type LinkTask<R> = (Arc<Link<R>>, JoinHandle<()>);
 pub struct Fanout<R> {
     links: Mutex<HashMap<SocketAddr, LinkTask<R>>>,
     metrics: ReportMetrics,
+    token: TokenFile,
 }
 
 impl<R: Report> Fanout<R> {
-    /// Starts resolving `targets` and opening their streams. With no targets nothing is sent.
-    pub fn spawn(targets: Vec<Target>, metrics: ReportMetrics) -> Arc<Self> {
+    /// Starts resolving `targets` and opening their streams, each with the token `token` holds
+    /// when it opens. With no targets nothing is sent.
+    pub fn spawn(targets: Vec<Target>, metrics: ReportMetrics, token: TokenFile) -> Arc<Self> {
         let fanout = Arc::new(Self {
             links: Mutex::new(HashMap::new()),
             metrics,
+            token,
         });
         tokio::spawn(resolve_loop(fanout.clone(), targets));
         fanout
@@ -139,7 +144,7 @@ impl<R: Report> Fanout<R> {
         for addr in wanted {
             links.entry(*addr).or_insert_with(|| {
                 tracing::info!(aggregator = %addr, "opening report stream");
-                let link = Arc::new(Link::new(*addr));
+                let link = Arc::new(Link::new(*addr, self.token.clone()));
                 let task = tokio::spawn(link.clone().run(self.metrics.clone()));
                 (link, task)
             });

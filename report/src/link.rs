@@ -14,6 +14,7 @@ use tonic::transport::Endpoint;
 
 use inflight_runtime::lock;
 
+use crate::token::TokenFile;
 use crate::{Report, ReportMetrics};
 
 /// What `/stats` shows of a stream.
@@ -26,6 +27,7 @@ pub struct LinkState {
 #[derive(Debug)]
 pub(crate) struct Link<R> {
     addr: SocketAddr,
+    token: TokenFile,
     pending: Mutex<Option<R>>,
     ready: Notify,
     connected: AtomicBool,
@@ -60,9 +62,10 @@ impl Backoff {
 }
 
 impl<R: Report> Link<R> {
-    pub(crate) fn new(addr: SocketAddr) -> Self {
+    pub(crate) fn new(addr: SocketAddr, token: TokenFile) -> Self {
         Self {
             addr,
+            token,
             pending: Mutex::new(None),
             ready: Notify::new(),
             connected: AtomicBool::new(false),
@@ -111,7 +114,12 @@ impl<R: Report> Link<R> {
         let mut failures_logged = 0u32;
         loop {
             match self.stream_once(&metrics).await {
-                Ok(lived) => {
+                // The next stream goes out at once, with the new token.
+                Ok(Ended::Rotated) => {
+                    tracing::info!(aggregator = %self.addr, "token rotated; report stream reopened with it");
+                    continue;
+                }
+                Ok(Ended::Lived(lived)) => {
                     if lived > Duration::from_secs(10) {
                         backoff.reset();
                         failures_logged = 0;
@@ -132,8 +140,9 @@ impl<R: Report> Link<R> {
         }
     }
 
-    /// Connects and streams until the stream ends; returns how long it lived.
-    async fn stream_once(&self, metrics: &ReportMetrics) -> Result<Duration, tonic::Status> {
+    /// Connects and streams until the stream ends; returns how long it lived, or that it was
+    /// ended for a rotated token.
+    async fn stream_once(&self, metrics: &ReportMetrics) -> Result<Ended, tonic::Status> {
         let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
             .map_err(|e| tonic::Status::internal(e.to_string()))?
             .connect_timeout(Duration::from_secs(2))
@@ -146,14 +155,28 @@ impl<R: Report> Link<R> {
             .await
             .map_err(|e| tonic::Status::unavailable(format!("connect: {e}")))?;
         let mut client = IngestClient::new(channel);
+        let (token, error) = self.token.open();
+        if let Some(error) = error {
+            tracing::warn!(aggregator = %self.addr, %error, "reporting without a token");
+        }
         let (tx, rx) = mpsc::channel::<ReportRequest>(1);
-        let call = client.report(ReceiverStream::new(rx));
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        token.insert(request.metadata_mut());
+        let call = client.report(request);
         tokio::pin!(call);
 
         let opened = tokio::time::Instant::now();
         self.connected.store(true, Ordering::Relaxed);
         metrics.streams_connected.inc();
         let result = loop {
+            if self.token.rotated(&token) {
+                // Everything sent is taken before the aggregator answers the stream's end.
+                drop(tx);
+                break match (&mut call).await {
+                    Ok(_) => Ok(true),
+                    Err(status) => Err(status),
+                };
+            }
             // A report may have been queued while we were connecting.
             if let Some(report) = self.take() {
                 let message = report.clone().into_request();
@@ -171,30 +194,40 @@ impl<R: Report> Link<R> {
                     },
                     ended = &mut call => {
                         self.put_back(report);
-                        break ended.map(|_| ());
+                        break ended.map(|_| false);
                     }
                 }
                 continue;
             }
             tokio::select! {
                 _ = self.ready.notified() => {}
-                ended = &mut call => break ended.map(|_| ()),
+                ended = &mut call => break ended.map(|_| false),
             }
         };
         self.connected.store(false, Ordering::Relaxed);
         metrics.streams_connected.dec();
         let lived = opened.elapsed();
         match result {
-            Ok(()) => Err(tonic::Status::unavailable(
+            Ok(true) => Ok(Ended::Rotated),
+            Ok(false) => Err(tonic::Status::unavailable(
                 "aggregator closed the report stream",
             )),
             Err(status) if lived > Duration::from_secs(10) => {
                 tracing::info!(aggregator = %self.addr, %status, "report stream ended");
-                Ok(lived)
+                Ok(Ended::Lived(lived))
             }
             Err(status) => Err(status),
         }
     }
+}
+
+/// How a stream that did not fail ended.
+#[derive(Debug)]
+enum Ended {
+    /// It lived this long, then the aggregator ended it (a restart, a shutdown).
+    Lived(Duration),
+    /// Its token was rotated: ended by us after its last report, to be opened again at once.
+    Rotated,
 }
 
 #[cfg(test)]
@@ -214,7 +247,8 @@ mod tests {
 
     #[test]
     fn unsent_reports_merge_into_one() {
-        let link = Link::<PodReport>::new(SocketAddr::from(([127, 0, 0, 1], 1)));
+        let link =
+            Link::<PodReport>::new(SocketAddr::from(([127, 0, 0, 1], 1)), TokenFile::default());
         for i in 0..1000 {
             link.offer(PodReport {
                 interval: Some(inflight_proto::v1::Interval {

@@ -34,7 +34,7 @@ use crate::count::CountingProxy;
 use crate::report::Reporter;
 use crate::stats::Stats;
 use inflight_forward::{Forwarder, ForwarderConfig};
-use inflight_report::{ReportMetrics, Target};
+use inflight_report::{ReportMetrics, Target, TokenFile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -81,6 +81,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         targets,
         config.report_interval,
         report_metrics,
+        TokenFile::new(Some(config.token_file.clone())),
     );
 
     let forwarder_config = ForwarderConfig {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use inflight_proto::v1::{Interval, LatencyHistogram, PodIdentity, PodReport, Responses};
 use inflight_report::clock::{Placed, WallClock};
-use inflight_report::{Fanout, LinkState, ReportMetrics, Target};
+use inflight_report::{Fanout, LinkState, ReportMetrics, Target, TokenFile};
 use inflight_runtime::lock;
 
 use crate::stats::{Class, Counters, IntervalConcurrency, Stats};
@@ -49,6 +49,7 @@ impl Reporter {
         targets: Vec<Target>,
         interval: Duration,
         metrics: ReportMetrics,
+        token: TokenFile,
     ) -> Self {
         let inner = Arc::new(Inner {
             last: Mutex::new(Last {
@@ -57,7 +58,7 @@ impl Reporter {
             }),
             stats,
             identity,
-            fanout: Fanout::spawn(targets, metrics.clone()),
+            fanout: Fanout::spawn(targets, metrics.clone(), token),
             metrics,
         });
         tokio::spawn(tick_loop(inner.clone(), interval));

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 pub mod api;
 mod cgroups;
+pub mod chart;
 pub mod cluster;
 pub mod components;
 pub mod configs;

@@ -22,8 +22,14 @@ pub fn demo_app(latency: &str) -> Value {
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}})
 }
 
+/// The pod's projected token for the aggregator, as the injector adds it.
+pub fn token_volume() -> Value {
+    json!({"name": "inflight-aggregator-token", "projected": {"sources": [{"serviceAccountToken": {
+        "audience": "inflight.dev/aggregator", "expirationSeconds": 3600, "path": "token"}}]}})
+}
+
 /// `inflight-proxy` as a native sidecar in front of the app on 8080, reporting `workload`
-/// (`deployment/web`) to `aggregator` (a URL).
+/// (`deployment/web`) to `aggregator` (a URL), with the token of [`token_volume`].
 pub fn proxy_sidecar(workload: &str, aggregator: &str) -> Value {
     let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
     json!({
@@ -34,17 +40,45 @@ pub fn proxy_sidecar(workload: &str, aggregator: &str) -> Value {
                 {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
                 {"name": "POD_IP", "valueFrom": field("status.podIP")}],
         "ports": [{"containerPort": 15080, "name": "inflight-http"}],
+        "volumeMounts": [{"name": "inflight-aggregator-token", "mountPath": "/var/run/secrets/inflight.dev/aggregator", "readOnly": true}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15090}, "periodSeconds": 1}})
 }
 
 /// Deployment `name`: the demo app behind `inflight-proxy`, reporting to the aggregator whose
-/// headless Service is `inflight-aggregator-ingest` in `ns`.
+/// headless Service is `inflight-aggregator-ingest` in `ns`; its pods labelled with their
+/// workload, as the injector labels them (the aggregator holds their reports to it).
 pub fn proxied_demo(ns: &str, name: &str, replicas: i32, latency: &str) -> Value {
     let aggregator = format!("http://inflight-aggregator-ingest.{ns}.svc.cluster.local:9090");
-    deployment(
+    let mut d = deployment(
         name,
         replicas,
         json!({"initContainers": [proxy_sidecar(&format!("deployment/{name}"), &aggregator)],
-               "containers": [demo_app(latency)]}),
-    )
+               "containers": [demo_app(latency)],
+               "volumes": [token_volume()]}),
+    );
+    d["spec"]["template"]["metadata"]["labels"]["inflight.dev/workload"] =
+        json!(format!("deployment.{name}"));
+    d
+}
+
+/// One aggregator under the chart's ServiceAccount (`chart::apply_rbac(tb,
+/// "aggregator-rbac.yaml")` first), with `args`; the Service KEDA calls and the headless one the
+/// proxies and activators resolve to each replica (warming-up replicas too). Never injected.
+pub fn aggregator(args: &[&str]) -> Value {
+    json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "inflight-aggregator"},
+         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "inflight-aggregator"}},
+           "template": {"metadata": {"labels": {"app": "inflight-aggregator"},
+                                     "annotations": {"inflight.dev/inject": "disabled"}},
+             "spec": {"serviceAccountName": "inflight-aggregator", "containers": [{
+               "name": "aggregator", "image": image_ref("inflight-aggregator"), "imagePullPolicy": "Never",
+               "args": args,
+               "ports": [{"containerPort": 9090, "name": "grpc"}],
+               "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15093}, "periodSeconds": 1}}]}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator"},
+         "spec": {"selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator-ingest"},
+         "spec": {"clusterIP": "None", "publishNotReadyAddresses": true,
+                  "selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}}
+    ]})
 }

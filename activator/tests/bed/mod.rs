@@ -5,7 +5,7 @@
 //! in the cluster and real KEDA scales on it; the operator (in this process, on a runtime of its
 //! own thread) switches the Service `web` between the activators and the pods; two replicas of the
 //! real `inflight-activator` image run in the cluster under the chart's RBAC
-//! (`charts/inflight/templates/activator-rbac.yaml`), watching only the scene's namespace. Clients
+//! (`charts/inflight/templates/activator-rbac.yaml`, and `aggregator-rbac.yaml` for the aggregator), watching only the scene's namespace. Clients
 //! on this host call the Service's ClusterIP (the bed routes the Service range to its node), with
 //! the Host a client in the cluster would send.
 //!
@@ -218,61 +218,12 @@ pub fn scaler_calls(metrics: &str, method: &str) -> u64 {
         .sum()
 }
 
-/// The chart's RBAC for the activator, applied for the test's namespace: the ServiceAccount and
-/// the ClusterRole as the chart has them, the ClusterRole bound by a RoleBinding in the test's
-/// namespace instead of the chart's ClusterRoleBinding (which every test would rewrite for
-/// itself). The activator pods then run with exactly the chart's rights.
-pub fn chart_rbac(tb: &TestBed) {
-    let ns = tb.namespace();
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../charts/inflight/templates/activator-rbac.yaml"
-    ))
-    .unwrap()
-    .replace("{{ .Release.Namespace }}", ns);
-    assert!(
-        !text.contains("{{"),
-        "a template the test cannot render: {text}"
-    );
-    let docs: Vec<&str> = text
-        .split("\n---\n")
-        .filter(|d| !d.contains("kind: ClusterRoleBinding"))
-        .collect();
-    assert_eq!(docs.len(), 2, "the ServiceAccount and the ClusterRole");
-    let path = std::env::temp_dir().join(format!("inflight-activator-rbac-{ns}.yaml"));
-    std::fs::write(&path, docs.join("\n---\n")).unwrap();
-    tb.kubectl(&["apply", "-f", &path.display().to_string()])
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
-    tb.apply(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": "inflight-activator-cluster-rules"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ACTIVATOR},
-        "subjects": [{"kind": "ServiceAccount", "name": ACTIVATOR, "namespace": ns}]}))
-        .unwrap();
-}
-
 /// A pod template's metadata that keeps the injector away (the aggregator and the activator are
 /// not workloads inflight scales).
 pub fn not_injected(mut deployment: Value) -> Value {
     deployment["spec"]["template"]["metadata"]["annotations"] =
         json!({"inflight.dev/inject": "disabled"});
     deployment
-}
-
-/// One aggregator (gRPC for KEDA and the reports), its Service for KEDA and the headless one
-/// the proxies and the activators resolve to each replica.
-pub fn aggregator() -> Value {
-    json!({"apiVersion": "v1", "kind": "List", "items": [
-        not_injected(inflight_testbed::manifests::deployment("inflight-aggregator", 1, json!({"containers": [{
-            "name": "aggregator", "image": image_ref("inflight-aggregator"), "imagePullPolicy": "Never",
-            "ports": [{"containerPort": 9090, "name": "grpc"}],
-            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15093}, "periodSeconds": 1}}]}))),
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator"},
-         "spec": {"selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator-ingest"},
-         "spec": {"clusterIP": "None", "publishNotReadyAddresses": true,
-                  "selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}}
-    ]})
 }
 
 /// Two replicas of the real activator under the chart's ServiceAccount, watching the test's
@@ -595,8 +546,17 @@ impl Scene {
         let (injector, injector_admin) = injector(tb, &ingest).await;
         scene.injector = Some(injector);
         scene.injector_admin = injector_admin;
-        chart_rbac(tb);
-        tb.apply(&aggregator()).unwrap();
+        // The activators and the aggregator under the chart's rights; the aggregator reviews
+        // every report's token, and takes held requests from the activators' ServiceAccount only.
+        for rbac in ["activator-rbac.yaml", "aggregator-rbac.yaml"] {
+            inflight_testbed::chart::apply_rbac(tb, rbac).unwrap();
+        }
+        let activators_sa = format!("{ns}/{ACTIVATOR}");
+        tb.apply(&inflight_testbed::manifests::aggregator(&[
+            "--activator-service-accounts",
+            &activators_sa,
+        ]))
+        .unwrap();
         tb.apply(&activators(&ns, &ingest)).unwrap();
         tb.apply(&web(gated, latency)).unwrap();
         eventually("the aggregator and two activators ready", 180, || async {

@@ -370,6 +370,9 @@ pub fn start_aggregator() -> SocketAddr {
         // A fresh process in a test: no reporter is yet to find it.
         "--warm-up",
         "0s",
+        // No cluster here to review tokens with.
+        "--ingest-auth",
+        "none",
     ])
     .unwrap();
     std::thread::spawn(move || {

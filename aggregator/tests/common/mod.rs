@@ -30,18 +30,42 @@ impl Aggregator {
     }
 
     pub fn start_with_env(grpc: SocketAddr, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let child = Command::new(env!("CARGO_BIN_EXE_inflight-aggregator"))
+        // No cluster, so no TokenReview: tests/ingest_auth.rs is where reports are authenticated.
+        let mut command = Command::new(env!("CARGO_BIN_EXE_inflight-aggregator"));
+        command
             .envs(env.iter().copied())
+            .env_remove("KUBECONFIG")
+            .args(["--ingest-auth", "none"]);
+        Self::spawn(command, grpc, extra)
+    }
+
+    /// An aggregator that reviews every report stream's token with the cluster of `kubeconfig`.
+    pub fn start_reviewing(kubeconfig: &std::path::Path, extra: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_inflight-aggregator"));
+        command.env("KUBECONFIG", kubeconfig);
+        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Self::spawn(command, grpc, extra)
+    }
+
+    fn spawn(mut command: Command, grpc: SocketAddr, extra: &[&str]) -> Self {
+        // A port just released may be handed out again at once: three distinct ones.
+        let other = |taken: &[u16]| loop {
+            let p = free_port();
+            if !taken.contains(&p) {
+                break p;
+            }
+        };
+        let admin = SocketAddr::from(([127, 0, 0, 1], other(&[grpc.port()])));
+        let smi = other(&[grpc.port(), admin.port()]);
+        let child = command
             .args([
                 "--grpc-listen",
                 &grpc.to_string(),
                 "--admin-listen",
                 &admin.to_string(),
             ])
-            // Tests run side by side: the SMI API on a port of its own, and no cluster.
-            .args(["--smi-listen", &format!("127.0.0.1:{}", free_port())])
-            .env_remove("KUBECONFIG")
+            // Tests run side by side: the SMI API on a port of its own.
+            .args(["--smi-listen", &format!("127.0.0.1:{smi}")])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -109,6 +133,18 @@ impl Drop for Aggregator {
 /// of its own thread), reporting to `aggregator` as pod `pod` of `workload` in namespace `shop`.
 /// Returns the proxy's data address.
 pub fn proxy_in_front_of_demo_app(aggregator: &str, workload: &str, pod: &str) -> SocketAddr {
+    proxy_reporting(aggregator, workload, "shop", pod, &[]).0
+}
+
+/// As [`proxy_in_front_of_demo_app`], as pod `pod` of namespace `namespace`, with `extra` flags;
+/// returns the proxy's data and admin addresses.
+pub fn proxy_reporting(
+    aggregator: &str,
+    workload: &str,
+    namespace: &str,
+    pod: &str,
+    extra: &[&str],
+) -> (SocketAddr, SocketAddr) {
     let app = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -143,11 +179,14 @@ pub fn proxy_in_front_of_demo_app(aggregator: &str, workload: &str, pod: &str) -
         "--pod-name",
         pod,
         "--pod-namespace",
-        "shop",
+        namespace,
         "--threads",
         "1",
     ]
-    .map(str::to_owned);
+    .into_iter()
+    .chain(extra.iter().copied())
+    .map(str::to_owned)
+    .collect::<Vec<_>>();
     std::thread::spawn(move || {
         let config =
             <inflight_proxy::config::Config as clap::Parser>::try_parse_from(args).unwrap();
@@ -163,5 +202,5 @@ pub fn proxy_in_front_of_demo_app(aggregator: &str, workload: &str, pod: &str) -
         assert!(Instant::now() < until, "proxy did not listen on {proxy}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    proxy
+    (proxy, admin)
 }

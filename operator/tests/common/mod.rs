@@ -7,7 +7,6 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use inflight_testbed::images::image_ref;
 use inflight_testbed::manifests::{demo_app, deployment, proxied_demo};
 use inflight_testbed::TestBed;
 use serde_json::{json, Value};
@@ -135,19 +134,11 @@ impl Drop for Operator {
     }
 }
 
-/// One aggregator (gRPC only) and the Services KEDA and the proxies use.
-pub fn aggregator() -> Value {
-    json!({"apiVersion": "v1", "kind": "List", "items": [
-        deployment("inflight-aggregator", 1, json!({"containers": [{
-            "name": "aggregator", "image": image_ref("inflight-aggregator"), "imagePullPolicy": "Never",
-            "ports": [{"containerPort": 9090, "name": "grpc"}],
-            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15093}, "periodSeconds": 1}}]})),
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator"},
-         "spec": {"selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator-ingest"},
-         "spec": {"clusterIP": "None", "publishNotReadyAddresses": true,
-                  "selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}}
-    ]})
+/// One aggregator (gRPC only) under the chart's RBAC, and the Services KEDA and the proxies use.
+/// The operator's tests send no held requests: no activator ServiceAccount is named.
+pub fn aggregator(tb: &TestBed) -> Value {
+    inflight_testbed::chart::apply_rbac(tb, "aggregator-rbac.yaml").unwrap();
+    inflight_testbed::manifests::aggregator(&[])
 }
 
 /// The activator's stand-in until the activator exists: a pod that answers every request.
