@@ -115,7 +115,7 @@ pub fn healthy(layout: &Layout) -> bool {
 /// Starts the bed `name`. Fails if it already runs; a bed left half-made by a crash is cleared first.
 pub fn up(name: &str, opts: &UpOptions) -> Result<Layout, Error> {
     layout::validate_name(name)?;
-    components::ensure_built()?;
+    components::ensure_built(false)?;
     let lock = host_lock()?;
     if let Some(old) = existing(name) {
         if healthy(&old) {
