@@ -8,7 +8,7 @@ prepare_testbed() {
         return 1
     fi
     testbed="$CARGO_TARGET_DIR/debug/inflight-testbed"
-    step "test bed: Kubernetes, etcd, CoreDNS, KEDA, pause (built once per version)"
+    step "test bed: Kubernetes, etcd, CoreDNS, KEDA, pause, kube-router (built once per version)"
     cargo build --locked -p inflight-testbed
     local started=$SECONDS
     "$testbed" build

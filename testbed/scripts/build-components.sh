@@ -4,7 +4,8 @@
 # a second run takes a second. Each step prints what it does and how long it took; a failing step says
 # which command failed, and its log is kept.
 #
-#   build-components.sh [packages] [kubernetes] [etcd] [coredns] [keda] [pause]   (default: all)
+#   build-components.sh [packages] [kubernetes] [etcd] [coredns] [keda] [pause] [kube-router]
+#                       (default: all)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,7 +33,7 @@ run() {
 
 packages() {
 	local need=()
-	for p in containerd runc containernetworking-plugins buildah iptables iproute2 conntrack procps util-linux gcc libc6-dev; do
+	for p in containerd runc containernetworking-plugins buildah iptables ipset iproute2 conntrack procps util-linux gcc libc6-dev; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || need+=("$p")
 	done
 	if ((${#need[@]})); then
@@ -150,11 +151,26 @@ pause() {
 	touch "$dir/.done"
 }
 
-all=(packages kubernetes etcd coredns keda pause)
+# kube-router, for its NetworkPolicy firewall only (`up --network-policy`; tests, never shipped). Its
+# `go install` works as is; it drives Debian's iptables and ipset.
+kube_router() {
+	local dir="$cache/kube-router-$KUBE_ROUTER_VERSION"
+	[[ -f $dir/.done ]] && return
+	step "kube-router $KUBE_ROUTER_VERSION (NetworkPolicy firewall)"
+	rm -rf "$dir" && mkdir -p "$dir/bin"
+	local log="$dir/build.log"
+	local stamp="-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION"
+	run "$log" env GOBIN="$dir/bin" go install -ldflags "$stamp" \
+		"github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION"
+	touch "$dir/.done"
+}
+
+all=(packages kubernetes etcd coredns keda pause kube-router)
 started=$SECONDS
 for c in "${@:-${all[@]}}"; do
 	case "$c" in
 	packages | kubernetes | etcd | coredns | keda | pause) (cd / && "$c") ;;
+	kube-router) (cd / && kube_router) ;;
 	*)
 		echo "unknown component '$c' (known: ${all[*]})" >&2
 		exit 2

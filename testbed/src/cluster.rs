@@ -3,8 +3,8 @@
 //! `up` starts, in the bed's network namespace: etcd, kube-apiserver (with the aggregation layer),
 //! containerd, kube-controller-manager, kube-scheduler, the kubelet and kube-proxy as host
 //! processes, like a kubeadm node without static pods; then CoreDNS and KEDA as pods of locally
-//! built images. `down` ends them by recorded PID, kills what containerd started, and removes mounts,
-//! cgroups, the namespace and the state directory.
+//! built images; with `network_policy`, kube-router's firewall too. `down` ends them by recorded PID,
+//! kills what containerd started, and removes mounts, cgroups, the namespace and the state directory.
 
 use std::fs;
 use std::path::Path;
@@ -19,12 +19,17 @@ use crate::api::{
 use crate::components;
 use crate::layout::{self, Layout, CLUSTER_DOMAIN, STATE_ROOT};
 use crate::process::{self, Daemon, Recorded};
-use crate::{cgroups, configs, daemons, dns, images, keda, mounts, network, pki, Error};
+use crate::{
+    cgroups, configs, daemons, dns, images, keda, mounts, network, network_policy, pki, Error,
+};
 
 #[derive(Debug, Clone)]
 pub struct UpOptions {
     /// Install KEDA (operator, metrics API server, CRDs, APIService).
     pub keda: bool,
+    /// Enforce NetworkPolicies (kube-router's firewall; for tests, off by default: without policies
+    /// everything is allowed either way).
+    pub network_policy: bool,
     /// On failure, leave the bed as it is for inspection instead of tearing it down.
     pub keep_on_failure: bool,
 }
@@ -33,6 +38,7 @@ impl Default for UpOptions {
     fn default() -> Self {
         Self {
             keda: true,
+            network_policy: false,
             keep_on_failure: false,
         }
     }
@@ -48,6 +54,8 @@ const POD_MAKERS: &[&str] = &[
 ];
 /// Then, once the containers are gone: the runtime, the API server and last the store.
 const RUNTIME_AND_STORE: &[&str] = &["containerd", "kube-apiserver", "etcd"];
+/// Daemons only some beds run; stopped first.
+const OPTIONAL: &[&str] = &[network_policy::DAEMON];
 
 fn say(msg: &str) {
     eprintln!("[testbed] {msg}");
@@ -104,18 +112,20 @@ fn allocate_index(name: &str) -> Result<u8, Error> {
         })
 }
 
-/// Whether the bed finished `up` and every daemon it started still runs.
+/// Whether the bed finished `up`, every daemon a bed needs was started, and every daemon it
+/// started (an optional one too) still runs.
 pub fn healthy(layout: &Layout) -> bool {
     let daemons = process::recorded(layout);
+    let started = |name: &&str| daemons.iter().any(|(n, _)| n == name);
     layout.dir().join("ready").exists()
-        && daemons.len() == POD_MAKERS.len() + RUNTIME_AND_STORE.len()
+        && POD_MAKERS.iter().chain(RUNTIME_AND_STORE).all(started)
         && daemons.iter().all(|(_, r)| process::alive(*r))
 }
 
 /// Starts the bed `name`. Fails if it already runs; a bed left half-made by a crash is cleared first.
 pub fn up(name: &str, opts: &UpOptions) -> Result<Layout, Error> {
     layout::validate_name(name)?;
-    components::ensure_built()?;
+    components::ensure_built(opts.network_policy)?;
     let lock = host_lock()?;
     if let Some(old) = existing(name) {
         if healthy(&old) {
@@ -247,6 +257,10 @@ fn start(layout: &Layout, opts: &UpOptions) -> Result<(), Error> {
             step("KEDA");
             keda::install(layout, &client).await?;
         }
+        if opts.network_policy {
+            step("kube-router (NetworkPolicy firewall)");
+            network_policy::start(layout)?;
+        }
         step("ready");
         Ok(())
     })
@@ -312,7 +326,7 @@ async fn wait_for_dns(layout: &Layout) -> Result<(), Error> {
     .await
 }
 
-fn spawn(layout: &Layout, daemon: &Daemon) -> Result<Recorded, Error> {
+pub(crate) fn spawn(layout: &Layout, daemon: &Daemon) -> Result<Recorded, Error> {
     let r = process::spawn(layout, daemon)?;
     // Most mistakes in flags make a daemon exit at once: catch that here with its own words.
     std::thread::sleep(Duration::from_millis(200));
@@ -327,7 +341,7 @@ fn spawn(layout: &Layout, daemon: &Daemon) -> Result<Recorded, Error> {
     Ok(r)
 }
 
-fn wait_for(
+pub(crate) fn wait_for(
     what: &str,
     secs: u64,
     layout: &Layout,
@@ -361,7 +375,7 @@ pub fn down(name: &str) -> Result<Vec<String>, Error> {
 fn teardown(layout: &Layout) {
     let daemons = process::recorded(layout);
     let find = |n: &str| daemons.iter().find(|(name, _)| name == n).map(|(_, r)| *r);
-    for name in POD_MAKERS {
+    for name in OPTIONAL.iter().chain(POD_MAKERS) {
         if let Some(r) = find(name) {
             process::stop(r, Duration::from_secs(10));
         }

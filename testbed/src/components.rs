@@ -1,5 +1,6 @@
 //! The third-party parts of the cluster, built from Go modules by `scripts/build-components.sh` and
-//! cached by version under `$INFLIGHT_CACHE/testbed/`.
+//! cached by version under `$INFLIGHT_CACHE/testbed/`: Kubernetes, etcd, CoreDNS, KEDA, pause, and
+//! for beds that enforce NetworkPolicies, kube-router.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,7 +27,17 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("coredns", "COREDNS_VERSION"),
     ("keda", "KEDA_VERSION"),
     ("pause", "KUBERNETES_VERSION"),
+    (KUBE_ROUTER, "KUBE_ROUTER_VERSION"),
 ];
+
+/// The NetworkPolicy engine: built (once) only for a bed that enforces policies
+/// (`UpOptions::network_policy`), or by `inflight-testbed build`.
+pub const KUBE_ROUTER: &str = "kube-router";
+
+/// What every bed needs.
+fn required(component: &str) -> bool {
+    component != KUBE_ROUTER
+}
 
 fn component_dir(component: &str) -> PathBuf {
     let key = COMPONENTS
@@ -61,10 +72,14 @@ pub fn missing() -> Vec<&'static str> {
         .collect()
 }
 
-/// Builds whatever is missing (all of it on a fresh machine: tens of minutes; progress goes to
-/// stderr). Returns at once when everything is cached.
-pub fn ensure_built() -> Result<(), Error> {
-    let missing = missing();
+/// Builds whatever a bed needs and is missing (all of it on a fresh machine: tens of minutes;
+/// progress goes to stderr), kube-router too when `network_policy`. Returns at once when it is all
+/// cached.
+pub fn ensure_built(network_policy: bool) -> Result<(), Error> {
+    let missing: Vec<_> = missing()
+        .into_iter()
+        .filter(|c| required(c) || network_policy)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -104,6 +119,7 @@ mod tests {
     fn versions_are_read() {
         assert!(version("KUBERNETES_VERSION").starts_with("v1.34."));
         assert!(version("KEDA_VERSION").starts_with("v2."));
+        assert_eq!(version("KUBE_ROUTER_VERSION"), "v2.1.0");
         assert_eq!(version("NOPE"), "unknown");
     }
 }

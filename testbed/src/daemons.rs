@@ -178,3 +178,23 @@ pub(crate) fn kube_proxy(layout: &Layout) -> Daemon {
         )],
     )
 }
+
+/// kube-router with only its NetworkPolicy firewall: the bridge CNI keeps routing and kube-proxy
+/// keeps the Services. It acts as the admin (a test bed; its own RBAC would prove nothing here).
+pub(crate) fn kube_router(layout: &Layout) -> Daemon {
+    daemon(
+        "kube-router",
+        bin("kube-router", "kube-router"),
+        vec![
+            format!("--kubeconfig={}", layout.kubeconfig().display()),
+            "--run-firewall=true".into(),
+            "--run-router=false".into(),
+            "--run-service-proxy=false".into(),
+            format!("--hostname-override={}", layout.node_name()),
+            format!("--service-cluster-ip-range={}", layout.service_cidr()),
+            // In the bed's namespace, like every port of the bed.
+            "--health-port=20244".into(),
+            "--metrics-port=0".into(),
+        ],
+    )
+}

@@ -5,6 +5,7 @@
 //! - [`images`]: OCI images `FROM scratch` (buildah) imported into the bed's containerd;
 //! - [`cluster`]: `up`, `down`, `status` of a named bed (processes in a network namespace of their
 //!   own, so beds run side by side and `down` leaves nothing behind);
+//! - [`network_policy`]: NetworkPolicies enforced (kube-router's firewall) on beds whose tests ask;
 //! - [`TestBed`]: the API for tests: one shared cluster per run, a namespace per test.
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub mod layout;
 pub mod manifests;
 mod mounts;
 pub mod network;
+pub mod network_policy;
 pub mod pki;
 pub mod process;
 mod testbed;

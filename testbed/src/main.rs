@@ -22,6 +22,9 @@ enum Command {
         /// Leave KEDA out.
         #[arg(long)]
         no_keda: bool,
+        /// Enforce NetworkPolicies (kube-router's firewall, built once; for tests).
+        #[arg(long)]
+        network_policy: bool,
         /// On failure keep what was started, for inspection.
         #[arg(long)]
         keep_on_failure: bool,
@@ -41,7 +44,8 @@ enum Command {
         #[arg(long, env = "INFLIGHT_TESTBED", default_value = layout::DEFAULT_NAME)]
         name: String,
     },
-    /// Build Kubernetes, etcd, CoreDNS, KEDA and pause from Go modules (cached by version).
+    /// Build Kubernetes, etcd, CoreDNS, KEDA, pause and kube-router from Go modules (cached by
+    /// version).
     Build,
     /// Build the OCI images (only those whose files changed).
     Images {
@@ -67,10 +71,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up {
             name,
             no_keda,
+            network_policy,
             keep_on_failure,
         } => {
             let opts = cluster::UpOptions {
                 keda: !no_keda,
+                network_policy,
                 keep_on_failure,
             };
             let layout = cluster::up(&name, &opts)

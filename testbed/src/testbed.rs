@@ -9,9 +9,9 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::Client;
 
 use crate::cluster::{self, existing, healthy, UpOptions};
-use crate::images;
 use crate::layout::{Layout, DEFAULT_NAME};
 use crate::Error;
+use crate::{images, network_policy};
 
 /// Label on every namespace a test makes, so a human can find (and delete) them.
 pub const TEST_LABEL: &str = "inflight.dev/test";
@@ -37,8 +37,19 @@ impl TestBed {
     /// Brings the shared bed up if it is not (named by `$INFLIGHT_TESTBED`, default `default`),
     /// or reuses it, then creates a fresh namespace for the caller.
     pub async fn shared() -> Result<Self, Error> {
+        Self::shared_with(false).await
+    }
+
+    /// [`TestBed::shared`], with NetworkPolicies enforced: a shared bed that runs without the
+    /// engine (brought up without `--network-policy`) gets it started, once. Tests that do not ask
+    /// are not affected by it: where no policy selects a pod, everything is allowed.
+    pub async fn shared_with_network_policies() -> Result<Self, Error> {
+        Self::shared_with(true).await
+    }
+
+    async fn shared_with(network_policy: bool) -> Result<Self, Error> {
         let name = std::env::var("INFLIGHT_TESTBED").unwrap_or_else(|_| DEFAULT_NAME.to_owned());
-        let layout = tokio::task::spawn_blocking(move || ensure_up(&name))
+        let layout = tokio::task::spawn_blocking(move || ensure_up(&name, network_policy))
             .await
             .map_err(|e| Error::Invalid(format!("test bed start-up panicked: {e}")))??;
         let client = crate::api::client(&layout).await?;
@@ -139,9 +150,10 @@ fn fastrand_suffix() -> String {
     format!("{:05x}", nanos & 0xfffff)
 }
 
-/// Starts the bed unless a healthy one runs. A lock per bed name makes concurrent callers (threads
-/// of one test binary, or several binaries) wait for the first one's `up` instead of racing it.
-fn ensure_up(name: &str) -> Result<Layout, Error> {
+/// Starts the bed unless a healthy one runs (and its NetworkPolicy engine if asked and not running).
+/// A lock per bed name makes concurrent callers (threads of one test binary, or several binaries)
+/// wait for the first one's `up` instead of racing it.
+fn ensure_up(name: &str, network_policy: bool) -> Result<Layout, Error> {
     let _lock = cluster::lock(&format!("inflight-testbed-{name}.lock"))?;
     if let Some(layout) = existing(name) {
         if healthy(&layout) {
@@ -149,10 +161,19 @@ fn ensure_up(name: &str) -> Result<Layout, Error> {
             if images::stale(&layout) {
                 images::import(&layout)?;
             }
+            if network_policy {
+                network_policy::start(&layout)?;
+            }
             return Ok(layout);
         }
     }
-    cluster::up(name, &UpOptions::default())
+    cluster::up(
+        name,
+        &UpOptions {
+            network_policy,
+            ..UpOptions::default()
+        },
+    )
 }
 
 /// Polls `check` every 250 ms until it returns `Some`, or panics naming `what` after `secs`: how a

@@ -1,6 +1,7 @@
 //! A second test bed, side by side with the shared one, comes up and goes down leaving nothing:
-//! no process, network namespace, link, route, mount, cgroup, shim socket, host iptables rule or
-//! directory. Each check is made by reading the host directly (not through the crate's own
+//! no process, network namespace, link, route, mount, cgroup, shim socket, host iptables rule,
+//! host ipset or directory. It enforces NetworkPolicies, so kube-router's chains and sets are among
+//! what must go. Each check is made by reading the host directly (not through the crate's own
 //! `leftovers`), and each is first shown to see the bed while it runs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -91,6 +92,7 @@ fn traces(state_dir: &Path, link: &str) -> Traces {
 fn testbed_second_bed_side_by_side_and_down_leaves_nothing_behind() {
     let iptables_before = sh("iptables", &["-S"]);
     let nat_before = sh("iptables", &["-t", "nat", "-S"]);
+    let ipsets_before = sh("ipset", &["list", "-n"]);
     let shims_before = entries("/run/containerd/s");
     let tmp_before: BTreeSet<String> = entries("/tmp")
         .into_iter()
@@ -113,6 +115,7 @@ fn testbed_second_bed_side_by_side_and_down_leaves_nothing_behind() {
         NAME,
         &UpOptions {
             keda: false,
+            network_policy: true,
             keep_on_failure: false,
         },
     )
@@ -145,6 +148,16 @@ fn testbed_second_bed_side_by_side_and_down_leaves_nothing_behind() {
         "{up:?}"
     );
     assert!(!up.cgroups.is_empty(), "{up:?}");
+    assert!(
+        up.processes.iter().any(|p| p.contains("kube-router")),
+        "the NetworkPolicy engine: {:?}",
+        up.processes
+    );
+    let netns = format!("--net=/run/netns/{}", bed.netns());
+    assert!(
+        sh("nsenter", &[&netns, "iptables", "-S", "FORWARD"]).contains("KUBE-ROUTER-FORWARD"),
+        "kube-router's chains in the bed's namespace"
+    );
     // Side by side: the shared bed, if up, has its own index, link and node address.
     if let Some(shared) = cluster::existing(layout::DEFAULT_NAME) {
         assert_ne!(shared.index, bed.index);
@@ -179,6 +192,11 @@ fn testbed_second_bed_side_by_side_and_down_leaves_nothing_behind() {
         sh("iptables", &["-t", "nat", "-S"]),
         nat_before,
         "host nat rules changed"
+    );
+    assert_eq!(
+        sh("ipset", &["list", "-n"]),
+        ipsets_before,
+        "host ipsets changed"
     );
     let new_shims: Vec<_> = entries("/run/containerd/s")
         .difference(&shims_before)
