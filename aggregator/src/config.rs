@@ -59,7 +59,22 @@ pub struct Config {
     /// SMI API: connections open at once; one more is closed as soon as it is accepted.
     #[arg(long, env = "INFLIGHT_SMI_MAX_CONNECTIONS", default_value_t = 512)]
     pub smi_max_connections: usize,
-    /// `/metrics`, `/healthz`, `/readyz`.
+    /// SMI API: the CA of the API server's front-proxy client certificate (PEM), read again when
+    /// it changes; without it, the `requestheader-*` settings of the
+    /// `kube-system/extension-apiserver-authentication` ConfigMap, as the API server publishes
+    /// them. Either way the SMI port listens only once the CA has been read.
+    #[arg(long, env = "INFLIGHT_REQUESTHEADER_CLIENT_CA_FILE")]
+    pub requestheader_client_ca_file: Option<std::path::PathBuf>,
+    /// SMI API, with `--requestheader-client-ca-file`: the common names the front-proxy
+    /// certificate may have (comma-separated); empty: any certificate of that CA.
+    #[arg(
+        long,
+        env = "INFLIGHT_REQUESTHEADER_ALLOWED_NAMES",
+        value_delimiter = ',',
+        requires = "requestheader_client_ca_file"
+    )]
+    pub requestheader_allowed_names: Vec<String>,
+    /// `/metrics`, `/healthz`, `/readyz`, `/readyz/smi`.
     #[arg(long, env = "INFLIGHT_ADMIN_LISTEN", default_value = "0.0.0.0:15093")]
     pub admin_listen: SocketAddr,
     #[command(flatten)]

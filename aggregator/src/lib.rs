@@ -43,6 +43,18 @@ pub use config::Config;
 pub use inflight_runtime::now_ms;
 use inflight_runtime::time::millis;
 
+/// A socket bound to `addr`, not listening yet; address reuse as `TcpListener::bind` sets it.
+fn bound(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
 /// Serves until `shutdown` completes, then ends every report and push stream, lets calls in
 /// progress finish and returns once every gRPC connection has closed, or after
 /// `--shutdown-timeout`.
@@ -83,8 +95,9 @@ pub async fn run(
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .map_err(|e| anyhow::anyhow!("--admin-listen {}: {e}", config.admin_listen))?;
-    let smi = TcpListener::bind(config.smi_listen)
-        .await
+    // Bound now, so a port taken fails the start; listening only once the SMI API can check
+    // its callers (smi::serve).
+    let smi = bound(config.smi_listen)
         .map_err(|e| anyhow::anyhow!("--smi-listen {}: {e}", config.smi_listen))?;
     let identity = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => smi::Identity {
@@ -97,7 +110,8 @@ pub async fn run(
             .map_err(anyhow::Error::msg)?,
     };
     // In a pod: its service account; on a workstation: KUBECONFIG. Without either the SMI API
-    // refuses every caller (it cannot authenticate them); scaling works regardless.
+    // cannot authorize callers (nor, without --requestheader-client-ca-file, authenticate
+    // them); scaling works regardless.
     let kube = kube::Client::try_default().await.ok();
     let auth = match (config.ingest_auth, &kube) {
         (auth::Mode::None, _) => {
@@ -123,6 +137,14 @@ pub async fn run(
              development"
         ),
     };
+    let source = match (&config.requestheader_client_ca_file, &kube) {
+        (Some(ca), _) => Some(smi::auth::Source::File {
+            ca: ca.clone(),
+            allowed_names: config.requestheader_allowed_names.clone(),
+        }),
+        (None, Some(client)) => Some(smi::auth::Source::ConfigMap(client.clone())),
+        (None, None) => None,
+    };
     tracing::info!(
         ingest_auth = ?config.ingest_auth,
         grpc = %grpc.local_addr()?, smi = %smi.local_addr()?, admin = %admin.local_addr()?,
@@ -141,24 +163,29 @@ pub async fn run(
             }
         })
     };
+    let smi_figures = Arc::new(smi::Figures::default());
+    smi_figures.register(prometheus.sub_registry_with_prefix("aggregator"));
+    let (smi_ready, smi_readiness) =
+        tokio::sync::watch::channel(Err("the requestheader client CA is not read yet".to_owned()));
     tokio::spawn(admin::serve(
         admin,
         config.admin_limits.into(),
         Arc::new(prometheus),
         ready,
+        Arc::new(move || smi_readiness.borrow().clone()),
     ));
-    let smi_limits = inflight_runtime::https::Limits {
-        header_read_timeout: config.smi_header_read_timeout,
-        idle_timeout: config.smi_idle_timeout,
-        max_connections: config.smi_max_connections,
-    };
-    tokio::spawn(smi::serve(
-        smi,
-        smi_limits,
+    let smi_settings = smi::Settings {
+        limits: inflight_runtime::https::Limits {
+            header_read_timeout: config.smi_header_read_timeout,
+            idle_timeout: config.smi_idle_timeout,
+            max_connections: config.smi_max_connections,
+        },
         identity,
-        registry.clone(),
-        kube,
-    ));
+        source,
+        client: kube,
+        figures: smi_figures,
+    };
+    tokio::spawn(smi::serve(smi, smi_settings, registry.clone(), smi_ready));
     if let Some(settings) = otlp::Settings::from_env(|k| std::env::var(k).ok()) {
         tracing::info!(endpoint = %settings.endpoint, interval = ?settings.interval, "exporting OTLP metrics");
         tokio::spawn(otlp::run(settings, registry.clone()));

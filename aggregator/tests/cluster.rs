@@ -67,6 +67,8 @@ fn aggregator_manifests(tb: &TestBed) -> serde_json::Value {
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "inflight-aggregator"}},
         {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": {"name": "inflight-aggregator-tls"},
          "stringData": {"tls.crt": cert, "tls.key": key}},
+        // system:auth-delegator: create on tokenreviews and subjectaccessreviews, which the SMI
+        // API sends for each caller (and for a list, for the objects it names).
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
          "metadata": {"name": format!("inflight-aggregator-{ns}-auth-delegator")},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},

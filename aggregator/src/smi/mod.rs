@@ -1,9 +1,12 @@
 //! The SMI Traffic Metrics API (`metrics.smi-spec.io/v1alpha1`) over HTTPS, served to the API
 //! server's aggregation layer through an APIService.
 
+pub mod access;
 pub mod auth;
 pub mod routes;
+pub mod trust;
 
+use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -14,18 +17,19 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams};
 use kube::Client;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::net::TcpSocket;
+use tokio::sync::watch;
 
 use inflight_runtime::https;
-use inflight_runtime::tls::provider;
-use inflight_runtime::{read, write};
+use inflight_runtime::read;
 
 use crate::registry::Registry;
-use auth::RequestHeader;
-use routes::{Answer, Route};
+use access::Access;
+use auth::{Caller, Source};
+use routes::{Answer, Attributes, Named, Route};
+use trust::{Current, Peer};
 
 /// The serving certificate and key, PEM.
 #[derive(Debug, Clone)]
@@ -49,189 +53,242 @@ impl Identity {
     }
 }
 
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// What the SMI API measures of its callers (prefix `inflight_aggregator_smi_`).
+#[derive(Debug, Default)]
+pub struct Figures {
+    refused: Family<Labels, Counter>,
+    reviews: Family<Labels, Counter>,
+    reviews_cached: Counter,
+}
+
+impl Figures {
+    pub fn register(&self, p: &mut prometheus_client::registry::Registry) {
+        p.register(
+            "smi_requests_refused",
+            "SMI API requests refused, by reason: unauthenticated (401), forbidden (403: the SMI resource), forbidden_list (403: listing the objects an answer names), unavailable (503: no Kubernetes API or no answer from it)",
+            self.refused.clone(),
+        );
+        p.register(
+            "smi_access_reviews",
+            "SubjectAccessReviews sent for SMI API callers, by answer (allowed, denied, error)",
+            self.reviews.clone(),
+        );
+        p.register(
+            "smi_access_reviews_cached",
+            "SMI API authorization questions answered from the cache, without a SubjectAccessReview",
+            self.reviews_cached.clone(),
+        );
+    }
+
+    fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&vec![("reason", reason)]).inc();
+    }
+
+    fn review(&self, answer: &'static str) {
+        self.reviews.get_or_create(&vec![("answer", answer)]).inc();
+    }
+
+    fn review_cached(&self) {
+        self.reviews_cached.inc();
+    }
+}
+
+/// How the SMI API runs.
+pub struct Settings {
+    pub limits: https::Limits,
+    pub identity: Identity,
+    /// Where the requestheader CA comes from; none: callers cannot be authenticated, and the
+    /// port never listens.
+    pub source: Option<Source>,
+    /// For SubjectAccessReviews and label selectors; none: every request past authentication
+    /// that needs authorization gets 503.
+    pub client: Option<Client>,
+    pub figures: Arc<Figures>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("limits", &self.limits)
+            .field("source", &self.source)
+            .field("kubernetes", &self.client.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A refusal: its code, its `Status` reason and details, what it says, and what it is counted
+/// as in the figures.
+struct Refusal {
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
+    counted: Option<&'static str>,
+    details: Option<serde_json::Value>,
+}
+
+impl Refusal {
+    fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            counted: None,
+            details: None,
+        }
+    }
+
+    fn counted(mut self, as_: &'static str) -> Self {
+        self.counted = Some(as_);
+        self
+    }
+}
+
 struct Server {
     registry: Arc<Registry>,
     client: Option<Client>,
-    requestheader: RwLock<Option<RequestHeader>>,
+    access: Option<Access>,
+    current: Current,
+    figures: Arc<Figures>,
 }
 
-/// TLS that asks for a client certificate of the requestheader CA but lets other callers finish
-/// the handshake, so they get a Kubernetes `Status` 401 rather than a TLS alert.
-fn acceptor(
-    identity: &Identity,
-    requestheader: Option<&RequestHeader>,
-) -> Result<TlsAcceptor, String> {
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("--tls-cert: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())
-        .map_err(|e| format!("--tls-key: {e}"))?;
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let builder = match requestheader {
-        Some(rh) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_slice_iter(rh.client_ca_pem.as_bytes()) {
-                roots
-                    .add(c.map_err(|e| format!("requestheader CA: {e}"))?)
-                    .map_err(|e| format!("requestheader CA: {e}"))?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider(),
-            )
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| format!("requestheader CA: {e}"))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// Serves the API until the process ends, within `limits`. Without a Kubernetes client there is
-/// no way to authenticate callers: every request is refused with 503 and the reason.
+/// Serves the API until the process ends, within `settings.limits`. `socket` is bound, not yet
+/// listening: it listens once the requestheader CA has been read, so no connection is ever
+/// accepted without the client-certificate check (until then a caller's connection is refused,
+/// and the APIService shows unavailable). `ready` says which.
 pub async fn serve(
-    listener: TcpListener,
-    limits: https::Limits,
-    identity: Identity,
+    socket: TcpSocket,
+    settings: Settings,
     registry: Arc<Registry>,
-    client: Option<Client>,
+    ready: watch::Sender<Result<(), String>>,
 ) {
+    let Some(source) = settings.source else {
+        let why = "no Kubernetes API (no in-cluster config, no KUBECONFIG) and no --requestheader-client-ca-file: callers cannot be authenticated, so the SMI port does not listen";
+        tracing::warn!("SMI API: {why}");
+        ready.send_modify(|r| *r = Err(why.into()));
+        return;
+    };
+    let current: Current = Arc::new(RwLock::new(None));
+    let mut loaded = ready.subscribe();
+    tokio::spawn(trust::keep_current(
+        source,
+        settings.identity,
+        current.clone(),
+        ready,
+    ));
+    if loaded.wait_for(Result::is_ok).await.is_err() {
+        return;
+    }
+    let listener = match socket.listen(1024) {
+        Ok(l) => l,
+        Err(error) => {
+            tracing::error!(%error, "SMI API: cannot listen");
+            return;
+        }
+    };
     let server = Arc::new(Server {
         registry,
-        client,
-        requestheader: RwLock::new(None),
+        access: settings.client.clone().map(Access::new),
+        client: settings.client,
+        current: current.clone(),
+        figures: settings.figures,
     });
-    let current: Arc<RwLock<Option<TlsAcceptor>>> =
-        Arc::new(RwLock::new(acceptor(&identity, None).ok()));
-    if let Some(client) = server.client.clone() {
-        // The CA can rotate: read it again every few minutes, retrying sooner while it fails.
-        let (server, current, identity) = (server.clone(), current.clone(), identity.clone());
-        tokio::spawn(async move {
-            loop {
-                let wait = match auth::load(&client)
-                    .await
-                    .and_then(|rh| Ok((acceptor(&identity, Some(&rh))?, rh)))
-                {
-                    Ok((tls, rh)) => {
-                        *write(&current) = Some(tls);
-                        *write(&server.requestheader) = Some(rh);
-                        Duration::from_secs(300)
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "SMI API: cannot read the requestheader settings; callers are refused until it can");
-                        Duration::from_secs(5)
-                    }
-                };
-                tokio::time::sleep(wait).await;
-            }
-        });
-    } else {
-        tracing::warn!("SMI API: no Kubernetes API (no in-cluster config, no KUBECONFIG): callers cannot be authenticated and are refused");
-    }
-    let acceptor = move || read(&current).clone();
+    let acceptor = move || read(&current).as_ref().map(|t| t.acceptor.clone());
     let make = move |tls: &rustls::ServerConnection| {
-        let peer_cn = tls
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|c| auth::common_name(c));
+        let peer = Arc::new(Peer::new(tls));
         let server = server.clone();
         move |request| {
-            let (server, peer_cn) = (server.clone(), peer_cn.clone());
-            async move { server.handle(request, peer_cn.as_deref()).await }
+            let (server, peer) = (server.clone(), peer.clone());
+            async move { server.handle(request, &peer).await }
         }
     };
-    https::serve(listener, limits, acceptor, make).await;
+    https::serve(listener, settings.limits, acceptor, make).await;
 }
 
 impl Server {
-    async fn handle(
+    async fn handle(&self, request: Request<Incoming>, peer: &Peer) -> Response<Full<Bytes>> {
+        match self.answer(&request, peer).await {
+            Ok(body) => respond(StatusCode::OK, &body),
+            Err(refusal) => {
+                if let Some(reason) = refusal.counted {
+                    self.figures.refused(reason);
+                }
+                let mut body =
+                    smi_types::status(refusal.code.as_u16(), refusal.reason, &refusal.message);
+                if let (Some(details), Some(map)) = (refusal.details, body.as_object_mut()) {
+                    map.insert("details".into(), details);
+                }
+                respond(refusal.code, &body)
+            }
+        }
+    }
+
+    async fn answer(
         &self,
-        request: Request<Incoming>,
-        peer_cn: Option<&str>,
-    ) -> Response<Full<Bytes>> {
+        request: &Request<Incoming>,
+        peer: &Peer,
+    ) -> Result<serde_json::Value, Refusal> {
         if request.method() != Method::GET {
-            return status(
+            return Err(Refusal::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "MethodNotAllowed",
                 "only GET is served",
-            );
+            ));
         }
-        let Some(client) = &self.client else {
-            return status(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                "no Kubernetes API to authenticate callers with",
-            );
-        };
-        let Some(rh) = read(&self.requestheader).clone() else {
-            return status(
+        // Accepting began once the CA was read, and it is never unset after.
+        let Some(trust) = read(&self.current).clone() else {
+            return Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",
                 "the requestheader CA has not been read yet",
-            );
+            ));
         };
-        let (user, groups) = match auth::identity(&rh, peer_cn, request.headers()) {
-            Ok(id) => id,
-            Err(why) => return status(StatusCode::UNAUTHORIZED, "Unauthorized", &why),
-        };
+        let caller = auth::identity(
+            &trust.requestheader,
+            peer.common_name(&trust),
+            request.headers(),
+        )
+        .map_err(|why| {
+            Refusal::new(StatusCode::UNAUTHORIZED, "Unauthorized", why).counted("unauthenticated")
+        })?;
         let path = request.uri().path();
-        let Some(route) = Route::parse(path) else {
-            return status(
+        let route = Route::parse(path).ok_or_else(|| {
+            Refusal::new(
                 StatusCode::NOT_FOUND,
                 "NotFound",
-                &format!("{path} is not served here"),
-            );
-        };
-        if let Some(attrs) = route.attributes() {
-            match auth::authorized(client, &user, &groups, attrs).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    let (resource, sub, verb, ns) = (
-                        attrs.resource,
-                        attrs.subresource,
-                        attrs.verb,
-                        attrs.namespace,
-                    );
-                    let what = if sub.is_empty() {
-                        resource.to_owned()
-                    } else {
-                        format!("{resource}/{sub}")
-                    };
-                    let scope = ns.map_or_else(
-                        || "at the cluster scope".to_owned(),
-                        |ns| format!("in the namespace {ns:?}"),
-                    );
-                    return status(
-                        StatusCode::FORBIDDEN,
-                        "Forbidden",
-                        &format!("{what}.{} is forbidden: User {user:?} cannot {verb} resource {what:?} in API group {:?} {scope}", smi_types::GROUP, smi_types::GROUP),
-                    );
-                }
-                Err(why) => {
-                    return status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", &why)
-                }
+                format!("{path} is not served here"),
+            )
+        })?;
+        let query = request.uri().query();
+        let selector = selector(query);
+        if let Some(smi) = route.attributes() {
+            self.authorize(&caller, smi, "forbidden", "").await?;
+            if let Some(objects) = route.objects(selector.as_deref()) {
+                let why = if selector.is_some() {
+                    format!(
+                        ": labelSelector is matched against the {} themselves",
+                        objects.resource
+                    )
+                } else {
+                    format!(
+                        ": a list of {}.{} names them",
+                        objects.resource,
+                        smi_types::GROUP
+                    )
+                };
+                self.authorize(&caller, objects, "forbidden_list", &why)
+                    .await?;
             }
         }
-        let query = request.uri().query();
-        let window = match routes::window(query) {
-            Ok(w) => w,
-            Err(why) => return status(StatusCode::BAD_REQUEST, "BadRequest", &why),
-        };
+        let window = routes::window(query)
+            .map_err(|why| Refusal::new(StatusCode::BAD_REQUEST, "BadRequest", why))?;
         let answer = Answer {
             registry: &self.registry,
             window,
             now: SystemTime::now(),
         };
-        let body = match route {
+        Ok(match route {
             Route::GroupList => smi_types::api_group_list(),
             Route::Group => smi_types::api_group(),
             Route::ResourceList => smi_types::api_resource_list(),
@@ -241,7 +298,7 @@ impl Server {
                 name,
             } => match answer.traffic(&plural, namespace.as_deref(), &name) {
                 Some(t) => json(&answer.metrics(&plural, namespace.as_deref(), &name, &t)),
-                None => return not_found(&plural, &name),
+                None => return Err(not_found(&plural, &name)),
             },
             Route::Edges {
                 plural,
@@ -249,25 +306,67 @@ impl Server {
                 name,
             } => match answer.traffic(&plural, namespace.as_deref(), &name) {
                 Some(t) => json(&answer.edges(&plural, namespace.as_deref(), &name, &t)),
-                None => return not_found(&plural, &name),
+                None => return Err(not_found(&plural, &name)),
             },
             Route::List { plural, namespace } => {
-                let selector = selector(query);
                 let only = match &selector {
                     Some(sel) => {
-                        match names_matching(client, &plural, namespace.as_deref(), sel).await {
-                            Ok(names) => Some(names),
-                            Err(why) => return status(StatusCode::BAD_REQUEST, "BadRequest", &why),
-                        }
+                        let reporting: HashSet<Named> = answer
+                            .names(&plural, namespace.as_deref())
+                            .into_iter()
+                            .collect();
+                        let client = self.client.as_ref().ok_or_else(no_kubernetes)?;
+                        Some(
+                            names_matching(client, &plural, namespace.as_deref(), sel, &reporting)
+                                .await?,
+                        )
                     }
                     None => None,
                 };
                 let echoed = selector.as_deref().map(match_labels);
-                json(&answer.list(&plural, namespace.as_deref(), only.as_deref(), echoed))
+                json(&answer.list(&plural, namespace.as_deref(), only.as_ref(), echoed))
             }
-        };
-        respond(StatusCode::OK, &body)
+        })
     }
+
+    /// Asks whether `caller` may do `what`; `counted` names a refusal in the figures, and `why`
+    /// follows the API server's wording of it.
+    async fn authorize(
+        &self,
+        caller: &Caller,
+        what: Attributes<'_>,
+        counted: &'static str,
+        why: &str,
+    ) -> Result<(), Refusal> {
+        let access = self.access.as_ref().ok_or_else(no_kubernetes)?;
+        match access.allowed(caller, what, &self.figures).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Refusal {
+                details: Some(serde_json::json!({"group": what.group, "kind": what.resource})),
+                ..Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    format!("{}{why}", what.forbidden(&caller.user)),
+                )
+                .counted(counted)
+            }),
+            Err(why) => {
+                Err(
+                    Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", why)
+                        .counted("unavailable"),
+                )
+            }
+        }
+    }
+}
+
+fn no_kubernetes() -> Refusal {
+    Refusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        "no Kubernetes API to authorize callers with",
+    )
+    .counted("unavailable")
 }
 
 /// `?labelSelector=`, decoded.
@@ -295,49 +394,103 @@ fn match_labels(selector: &str) -> smi_types::LabelSelector {
     smi_types::LabelSelector { match_labels }
 }
 
-/// Names of the objects of a kind that match a label selector, from the API server: the metrics
-/// are not labelled, the objects are.
+/// Of the objects that report (`reporting`), those a label selector matches, from the API
+/// server: the metrics are not labelled, the objects are. Read a page at a time, keeping only
+/// what reports, so a large cluster costs a page of memory, not a list of every object.
 async fn names_matching(
     client: &Client,
     plural: &str,
     namespace: Option<&str>,
     selector: &str,
-) -> Result<Vec<String>, String> {
-    let lp = ListParams::default().labels(selector);
-    async fn names<K>(api: Api<K>, lp: &ListParams) -> Result<Vec<String>, String>
-    where
-        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    {
-        let list = api
-            .list(lp)
-            .await
-            .map_err(|e| format!("labelSelector: {e}"))?;
-        Ok(list
-            .items
-            .into_iter()
-            .filter_map(|o| o.meta().name.clone())
-            .collect())
-    }
+    reporting: &HashSet<Named>,
+) -> Result<HashSet<Named>, Refusal> {
     let c = client.clone();
+    let (s, r) = (selector, reporting);
     match (plural, namespace) {
-        ("namespaces", _) => names(Api::<Namespace>::all(c), &lp).await,
-        ("pods", Some(ns)) => names(Api::<Pod>::namespaced(c, ns), &lp).await,
-        ("pods", None) => names(Api::<Pod>::all(c), &lp).await,
-        ("deployments", Some(ns)) => names(Api::<Deployment>::namespaced(c, ns), &lp).await,
-        ("deployments", None) => names(Api::<Deployment>::all(c), &lp).await,
-        ("statefulsets", Some(ns)) => names(Api::<StatefulSet>::namespaced(c, ns), &lp).await,
-        ("statefulsets", None) => names(Api::<StatefulSet>::all(c), &lp).await,
-        ("daemonsets", Some(ns)) => names(Api::<DaemonSet>::namespaced(c, ns), &lp).await,
-        ("daemonsets", None) => names(Api::<DaemonSet>::all(c), &lp).await,
-        _ => Ok(Vec::new()),
+        ("namespaces", _) => matching(Api::<Namespace>::all(c), s, r, false).await,
+        ("pods", Some(ns)) => matching(Api::<Pod>::namespaced(c, ns), s, r, true).await,
+        ("pods", None) => matching(Api::<Pod>::all(c), s, r, true).await,
+        ("deployments", Some(ns)) => {
+            matching(Api::<Deployment>::namespaced(c, ns), s, r, true).await
+        }
+        ("deployments", None) => matching(Api::<Deployment>::all(c), s, r, true).await,
+        ("statefulsets", Some(ns)) => {
+            matching(Api::<StatefulSet>::namespaced(c, ns), s, r, true).await
+        }
+        ("statefulsets", None) => matching(Api::<StatefulSet>::all(c), s, r, true).await,
+        ("daemonsets", Some(ns)) => matching(Api::<DaemonSet>::namespaced(c, ns), s, r, true).await,
+        ("daemonsets", None) => matching(Api::<DaemonSet>::all(c), s, r, true).await,
+        _ => Ok(HashSet::new()),
     }
 }
 
-fn not_found(plural: &str, name: &str) -> Response<Full<Bytes>> {
-    status(
+/// Objects per page of a label-selector list.
+const PAGE: u32 = 500;
+
+/// A page the API server does not send within this is an error (503), not a hang.
+const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn matching<K>(
+    api: Api<K>,
+    selector: &str,
+    reporting: &HashSet<Named>,
+    namespaced: bool,
+) -> Result<HashSet<Named>, Refusal>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut found = HashSet::new();
+    let mut next: Option<String> = None;
+    loop {
+        let mut lp = ListParams::default().labels(selector).limit(PAGE);
+        if let Some(token) = &next {
+            lp = lp.continue_token(token);
+        }
+        let page = tokio::time::timeout(LIST_TIMEOUT, api.list_metadata(&lp))
+            .await
+            .map_err(|_| {
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    format!("labelSelector: no answer from the API server within {LIST_TIMEOUT:?}"),
+                )
+                .counted("unavailable")
+            })?
+            .map_err(|e| match e {
+                // The API server's word on the selector itself.
+                kube::Error::Api(status) if status.code == 400 => Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("labelSelector: {}", status.message),
+                ),
+                e => Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    format!("labelSelector: {e}"),
+                )
+                .counted("unavailable"),
+            })?;
+        for object in page.items {
+            let Some(name) = object.metadata.name else {
+                continue;
+            };
+            let named = (object.metadata.namespace.filter(|_| namespaced), name);
+            if reporting.contains(&named) {
+                found.insert(named);
+            }
+        }
+        next = page.metadata.continue_.filter(|t| !t.is_empty());
+        if next.is_none() {
+            return Ok(found);
+        }
+    }
+}
+
+fn not_found(plural: &str, name: &str) -> Refusal {
+    Refusal::new(
         StatusCode::NOT_FOUND,
         "NotFound",
-        &format!(
+        format!(
             "{plural}.{} {name:?} not found: it has no pod reporting traffic",
             smi_types::GROUP
         ),
@@ -346,10 +499,6 @@ fn not_found(plural: &str, name: &str) -> Response<Full<Bytes>> {
 
 fn json(value: &impl serde::Serialize) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
-}
-
-fn status(code: StatusCode, reason: &str, message: &str) -> Response<Full<Bytes>> {
-    respond(code, &smi_types::status(code.as_u16(), reason, message))
 }
 
 fn respond(code: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {

@@ -1,15 +1,19 @@
 //! The paths of the SMI Traffic Metrics API (those smi-metrics served) and the documents they
 //! answer with, built from the registry's figures.
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use smi_types::{
     Direction, Edge, Metric, ObjectMeta, ObjectReference, Side, TrafficMetrics, TrafficMetricsList,
-    GROUP, GROUP_VERSION, RESOURCES,
+    GROUP, GROUP_VERSION, RESOURCES, VERSION,
 };
 
 use crate::registry::{Registry, WorkloadKey};
 use crate::traffic::{Traffic, MAX_WINDOW_MS};
+
+/// An object as (namespace, name); namespaces have none.
+pub type Named = (Option<String>, String);
 
 /// The default `?t=` window, as smi-metrics had it.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
@@ -114,11 +118,43 @@ impl Route {
             } => (plural, "edges", "get", namespace, Some(name.as_str())),
         };
         Some(Attributes {
+            group: GROUP,
+            version: VERSION,
             resource,
             subresource,
             verb,
             namespace: namespace.as_deref(),
             name,
+            label_selector: None,
+        })
+    }
+
+    /// The Kubernetes objects whose names a list answers with, which the caller must be allowed
+    /// to list as well: a list enumerates them (the pods of a namespace, every namespace), and a
+    /// label selector is matched against the objects themselves, which the aggregator lists
+    /// with its own rights. A get or edges names its one object: the caller knows it already.
+    pub fn objects<'a>(&'a self, label_selector: Option<&'a str>) -> Option<Attributes<'a>> {
+        let Self::List { plural, namespace } = self else {
+            return None;
+        };
+        let (group, version) = match plural.as_str() {
+            "deployments" | "statefulsets" | "daemonsets" => ("apps", "v1"),
+            _ => ("", "v1"),
+        };
+        Some(Attributes {
+            group,
+            version,
+            resource: plural,
+            subresource: "",
+            verb: "list",
+            // Namespaces are cluster-scoped; a list across namespaces is asked cluster-wide.
+            namespace: if plural == "namespaces" {
+                None
+            } else {
+                namespace.as_deref()
+            },
+            name: None,
+            label_selector,
         })
     }
 }
@@ -126,11 +162,40 @@ impl Route {
 /// A SubjectAccessReview's resource attributes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attributes<'a> {
+    /// API group, `""` for the core group.
+    pub group: &'a str,
+    pub version: &'a str,
     pub resource: &'a str,
     pub subresource: &'a str,
     pub verb: &'a str,
     pub namespace: Option<&'a str>,
     pub name: Option<&'a str>,
+    pub label_selector: Option<&'a str>,
+}
+
+impl Attributes<'_> {
+    /// What was refused, worded as the API server words its own 403s.
+    pub fn forbidden(&self, user: &str) -> String {
+        let what = if self.subresource.is_empty() {
+            self.resource.to_owned()
+        } else {
+            format!("{}/{}", self.resource, self.subresource)
+        };
+        let qualified = if self.group.is_empty() {
+            what.clone()
+        } else {
+            format!("{what}.{}", self.group)
+        };
+        let named = self.name.map_or_else(String::new, |n| format!(" {n:?}"));
+        let scope = self.namespace.map_or_else(
+            || "at the cluster scope".to_owned(),
+            |ns| format!("in the namespace {ns:?}"),
+        );
+        format!(
+            "{qualified}{named} is forbidden: User {user:?} cannot {} resource {what:?} in API group {:?} {scope}",
+            self.verb, self.group
+        )
+    }
 }
 
 /// `Kind` of a plural (`pods` → `Pod`).
@@ -209,8 +274,8 @@ impl Answer<'_> {
         }
     }
 
-    /// The objects of a kind that report, as (namespace, name).
-    pub fn names(&self, plural: &str, namespace: Option<&str>) -> Vec<(Option<String>, String)> {
+    /// The objects of a kind that report.
+    pub fn names(&self, plural: &str, namespace: Option<&str>) -> Vec<Named> {
         match plural {
             "namespaces" => self
                 .registry
@@ -293,18 +358,19 @@ impl Answer<'_> {
         }
     }
 
-    /// A list of a kind, keeping only `names` when a label selector narrowed them.
+    /// A list of a kind, keeping only the objects in `only` (namespace, name) when a label
+    /// selector narrowed them.
     pub fn list(
         &self,
         plural: &str,
         namespace: Option<&str>,
-        only: Option<&[String]>,
+        only: Option<&HashSet<Named>>,
         selector: Option<smi_types::LabelSelector>,
     ) -> TrafficMetricsList {
         let items = self
             .names(plural, namespace)
             .into_iter()
-            .filter(|(_, name)| only.is_none_or(|o| o.contains(name)))
+            .filter(|named| only.is_none_or(|o| o.contains(named)))
             .filter_map(|(ns, name)| {
                 let t = self.traffic(plural, ns.as_deref(), &name)?;
                 Some(self.metrics(plural, ns.as_deref(), &name, &t))
@@ -390,6 +456,42 @@ mod tests {
         );
         assert_eq!(p("/apis/metrics.smi-spec.io/v1beta1"), None);
         assert_eq!(p("/healthz"), None);
+    }
+
+    #[test]
+    fn a_list_asks_to_list_the_objects_it_names_and_a_get_does_not() {
+        let p = |s: &str| Route::parse(s).unwrap();
+        let base = "/apis/metrics.smi-spec.io/v1alpha1";
+        let pods = p(&format!("{base}/namespaces/shop/pods"));
+        let o = pods.objects(Some("app=web")).unwrap();
+        assert_eq!(
+            (o.group, o.resource, o.verb, o.namespace, o.label_selector),
+            ("", "pods", "list", Some("shop"), Some("app=web"))
+        );
+        let all = p(&format!("{base}/deployments"));
+        let o = all.objects(None).unwrap();
+        assert_eq!(
+            (o.group, o.resource, o.namespace),
+            ("apps", "deployments", None)
+        );
+        let namespaces = p(&format!("{base}/namespaces"));
+        let o = namespaces.objects(None).unwrap();
+        assert_eq!((o.group, o.resource, o.namespace), ("", "namespaces", None));
+        assert_eq!(
+            p(&format!("{base}/namespaces/shop/pods/web-1")).objects(None),
+            None
+        );
+        assert_eq!(p(&format!("{base}/namespaces/shop")).objects(None), None);
+        assert_eq!(p(base).objects(None), None);
+        assert_eq!(
+            o.forbidden("bob"),
+            r#"namespaces is forbidden: User "bob" cannot list resource "namespaces" in API group "" at the cluster scope"#
+        );
+        let smi = pods.attributes().unwrap();
+        assert_eq!(
+            smi.forbidden("bob"),
+            r#"pods.metrics.smi-spec.io is forbidden: User "bob" cannot list resource "pods" in API group "metrics.smi-spec.io" in the namespace "shop""#
+        );
     }
 
     #[test]
