@@ -151,7 +151,7 @@ fn workload_kind(plural: &str) -> Option<&'static str> {
     }
 }
 
-/// `?t=` as a window: `30s`, `1m`, or seconds; at most what pods keep.
+/// `?t=` as a window: `30s`, `1m`, or seconds; at least 1 s, at most what pods keep.
 pub fn window(query: Option<&str>) -> Result<Duration, String> {
     let found = query.and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
@@ -168,7 +168,9 @@ pub fn window(query: Option<&str>) -> Result<Duration, String> {
         .or_else(|_| humantime::parse_duration(t))
         .map_err(|e| format!("t={t}: {e}"))?;
     let max = Duration::from_millis(u64::try_from(MAX_WINDOW_MS).unwrap_or(60_000));
-    if d.is_zero() || d > max {
+    // Below a second, the document would say `30ms` over counts of whole 10 s slots: a window
+    // it does not hold.
+    if d < Duration::from_secs(1) || d > max {
         return Err(format!(
             "t={t}: the window must be between 1s and {}",
             humantime::format_duration(max)
@@ -402,5 +404,15 @@ mod tests {
         );
         assert!(window(Some("t=2h")).is_err());
         assert!(window(Some("t=soon")).is_err());
+    }
+
+    #[test]
+    fn a_window_under_a_second_is_refused_as_the_reason_says() {
+        // Found by the fuzzer (`smi_routes`): `?t=30ms` was taken as a 30 ms window.
+        for t in ["t=30ms", "t=999ms", "t=0"] {
+            let why = window(Some(t)).unwrap_err();
+            assert!(why.contains("between 1s and"), "{t}: {why}");
+        }
+        assert_eq!(window(Some("t=1000ms")), Ok(Duration::from_secs(1)));
     }
 }
