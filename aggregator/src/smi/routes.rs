@@ -49,6 +49,10 @@ impl Route {
             return Some(Self::Group);
         }
         let rest = rest.strip_prefix(GROUP_VERSION)?;
+        // The version is a whole segment: `v1alpha1pods` is not `v1alpha1/pods`.
+        if !rest.is_empty() && !rest.starts_with('/') {
+            return None;
+        }
         let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
         let known = |p: &str| RESOURCES.iter().any(|(plural, _, _)| *plural == p);
         let own = |s: &str| s.to_owned();
@@ -392,6 +396,23 @@ mod tests {
         );
         assert_eq!(p("/apis/metrics.smi-spec.io/v1beta1"), None);
         assert_eq!(p("/healthz"), None);
+    }
+
+    #[test]
+    fn the_version_is_a_whole_segment() {
+        // Found by the fuzzer (`smi_routes`): the version and the next segment run together
+        // were read as two segments, so this path was served as the namespace `shop`.
+        for path in [
+            "/apis/metrics.smi-spec.io/v1alpha1namespaces/shop",
+            "/apis/metrics.smi-spec.io/v1alpha1pods",
+            "/apis/metrics.smi-spec.io/v1alpha12/pods",
+        ] {
+            assert_eq!(Route::parse(path), None, "{path}");
+        }
+        assert_eq!(
+            Route::parse("/apis/metrics.smi-spec.io/v1alpha1"),
+            Some(Route::ResourceList)
+        );
     }
 
     #[test]
