@@ -39,6 +39,13 @@ cargo fmt --all --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The fuzz targets (fuzz/, their own workspace) still compile against the libraries: a check on
+# stable, sharing the target directory (the lockfile pins the workspace's versions), about a
+# minute cold and a second warm. Not --locked: a dependency added on the workspace side would
+# otherwise fail here until fuzz/Cargo.lock is refreshed.
+step "cargo check of the fuzz targets (fuzz/)"
+(cd fuzz && cargo check --bins)
+
 step "cargo test (unit and loopback tests)"
 cargo test --workspace --locked
 

@@ -146,6 +146,18 @@ fn name(what: &'static str, s: &str, subdomain: bool) -> Result<(), Rejection> {
     })
 }
 
+/// A namespace, as reports must name it. The scaler holds its triggers to it too: a trigger
+/// naming what no report can name would read nothing, forever.
+pub fn namespace(s: &str) -> Result<(), Rejection> {
+    name("namespace", s, false)
+}
+
+/// A workload's kind (in any case) and name, as reports must name them; see [`namespace`].
+pub fn workload(kind: &str, workload: &str) -> Result<(), Rejection> {
+    name("workload kind", &kind.to_ascii_lowercase(), false)?;
+    name("workload name", workload, true)
+}
+
 /// A pod identity's names, and the IP, which is at most an IPv6 address long.
 fn pod_names(id: &PodIdentity) -> Result<(), Rejection> {
     name("namespace", &id.namespace, false)?;

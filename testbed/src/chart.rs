@@ -49,7 +49,9 @@ pub fn apply_rbac(tb: &TestBed, file: &str) -> Result<(), Error> {
     let text = render_rbac(file, ns)?;
     let path = std::env::temp_dir().join(format!("inflight-{ns}-{file}"));
     std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
-    let applied = tb.kubectl(&["apply", "-f", &path.display().to_string()]);
+    // No `-n`: each namespaced object names its namespace (a binding may live in kube-system).
+    let applied =
+        crate::api::kubectl_run(tb.layout(), &["apply", "-f", &path.display().to_string()]);
     let _ = std::fs::remove_file(&path);
     applied.map(drop)
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use inflight_proto::externalscaler::ScaledObjectRef;
 
 use crate::registry::{Metric, WorkloadKey};
+use crate::validate;
 
 pub const DEFAULT_SCALE_TO_ZERO_AFTER: Duration = Duration::from_secs(300);
 
@@ -92,6 +93,7 @@ pub fn parse(r: &ScaledObjectRef, limits: &Limits) -> Result<Trigger, BadMetadat
                 format!("{workload:?} is not KIND/NAME (e.g. deployment/web)"),
             )
         })?;
+    validate::workload(kind, name).map_err(|e| bad("workload", e.to_string()))?;
     let namespace = match m.get("namespace") {
         Some(ns) if ns.is_empty() => return Err(bad("namespace", "empty")),
         // Scaling on another namespace's traffic is reading it: only when the operator said so.
@@ -110,6 +112,7 @@ pub fn parse(r: &ScaledObjectRef, limits: &Limits) -> Result<Trigger, BadMetadat
         }
         None => r.namespace.as_str(),
     };
+    validate::namespace(namespace).map_err(|e| bad("namespace", e.to_string()))?;
     let metric = match m.get("metric").map(String::as_str) {
         None | Some("concurrency") => Metric::Concurrency,
         Some("requestRate") => Metric::RequestRate,
@@ -278,6 +281,54 @@ mod tests {
             let e = parse(&reference(pairs), &LIMITS).unwrap_err();
             assert_eq!(e.key, *key, "{pairs:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_workload_no_report_can_name_is_refused() {
+        // Found by the fuzzer (`scaler_metadata`): any text was taken as the namespace, kind and
+        // name, so a trigger for `deployment/Web` read the figures of a workload no sidecar can
+        // report (names are DNS-1123, lower case) and answered 0 forever.
+        let allowed = Limits {
+            allow_cross_namespace: true,
+            ..LIMITS
+        };
+        for (pairs, key) in [
+            (&[("workload", "deployment/Web")][..], "workload"),
+            (&[("workload", "deployment/web app")], "workload"),
+            (&[("workload", "deploy ment/web")], "workload"),
+            (
+                &[("workload", "deployment/web."), ("namespace", "shop")],
+                "workload",
+            ),
+            (
+                &[("workload", "deployment/web"), ("namespace", "Shop")],
+                "namespace",
+            ),
+            (
+                &[("workload", "deployment/web"), ("namespace", "a.b")],
+                "namespace",
+            ),
+        ] {
+            let mut pairs = pairs.to_vec();
+            pairs.push(("target", "1"));
+            let e = parse(&reference(&pairs), &allowed).unwrap_err();
+            assert_eq!(e.key, key, "{pairs:?}: {e}");
+            assert!(e.why.contains("not a Kubernetes name"), "{e}");
+        }
+        let bad_object = ScaledObjectRef {
+            namespace: "Shop".into(),
+            ..reference(&[("workload", "deployment/web"), ("target", "1")])
+        };
+        assert_eq!(parse(&bad_object, &LIMITS).unwrap_err().key, "namespace");
+        let t = parse(
+            &reference(&[("workload", "StatefulSet/db-0.primary"), ("target", "1")]),
+            &LIMITS,
+        )
+        .unwrap();
+        assert_eq!(
+            t.workload,
+            WorkloadKey::new("shop", "statefulset", "db-0.primary")
+        );
     }
 
     #[test]

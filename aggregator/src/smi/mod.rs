@@ -369,8 +369,8 @@ fn no_kubernetes() -> Refusal {
     .counted("unavailable")
 }
 
-/// `?labelSelector=`, decoded.
-fn selector(query: Option<&str>) -> Option<String> {
+/// `?labelSelector=`, decoded. Public for the fuzz target (`fuzz/`), like [`routes::window`].
+pub fn selector(query: Option<&str>) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == "labelSelector")
         .map(|(_, v)| v.into_owned())
@@ -378,7 +378,7 @@ fn selector(query: Option<&str>) -> Option<String> {
 }
 
 /// The equality terms of a selector, echoed as `matchLabels` (as the spec's example shows).
-fn match_labels(selector: &str) -> smi_types::LabelSelector {
+pub fn match_labels(selector: &str) -> smi_types::LabelSelector {
     let match_labels = selector
         .split(',')
         .filter_map(|term| {

@@ -53,6 +53,10 @@ impl Route {
             return Some(Self::Group);
         }
         let rest = rest.strip_prefix(GROUP_VERSION)?;
+        // The version is a whole segment: `v1alpha1pods` is not `v1alpha1/pods`.
+        if !rest.is_empty() && !rest.starts_with('/') {
+            return None;
+        }
         let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
         let known = |p: &str| RESOURCES.iter().any(|(plural, _, _)| *plural == p);
         let own = |s: &str| s.to_owned();
@@ -216,7 +220,7 @@ fn workload_kind(plural: &str) -> Option<&'static str> {
     }
 }
 
-/// `?t=` as a window: `30s`, `1m`, or seconds; at most what pods keep.
+/// `?t=` as a window: `30s`, `1m`, or seconds; at least 1 s, at most what pods keep.
 pub fn window(query: Option<&str>) -> Result<Duration, String> {
     let found = query.and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
@@ -233,7 +237,9 @@ pub fn window(query: Option<&str>) -> Result<Duration, String> {
         .or_else(|_| humantime::parse_duration(t))
         .map_err(|e| format!("t={t}: {e}"))?;
     let max = Duration::from_millis(u64::try_from(MAX_WINDOW_MS).unwrap_or(60_000));
-    if d.is_zero() || d > max {
+    // Below a second, the document would say `30ms` over counts of whole 10 s slots: a window
+    // it does not hold.
+    if d < Duration::from_secs(1) || d > max {
         return Err(format!(
             "t={t}: the window must be between 1s and {}",
             humantime::format_duration(max)
@@ -495,6 +501,23 @@ mod tests {
     }
 
     #[test]
+    fn the_version_is_a_whole_segment() {
+        // Found by the fuzzer (`smi_routes`): the version and the next segment run together
+        // were read as two segments, so this path was served as the namespace `shop`.
+        for path in [
+            "/apis/metrics.smi-spec.io/v1alpha1namespaces/shop",
+            "/apis/metrics.smi-spec.io/v1alpha1pods",
+            "/apis/metrics.smi-spec.io/v1alpha12/pods",
+        ] {
+            assert_eq!(Route::parse(path), None, "{path}");
+        }
+        assert_eq!(
+            Route::parse("/apis/metrics.smi-spec.io/v1alpha1"),
+            Some(Route::ResourceList)
+        );
+    }
+
+    #[test]
     fn windows() {
         assert_eq!(window(None), Ok(DEFAULT_WINDOW));
         assert_eq!(window(Some("t=1m")), Ok(Duration::from_secs(60)));
@@ -504,5 +527,15 @@ mod tests {
         );
         assert!(window(Some("t=2h")).is_err());
         assert!(window(Some("t=soon")).is_err());
+    }
+
+    #[test]
+    fn a_window_under_a_second_is_refused_as_the_reason_says() {
+        // Found by the fuzzer (`smi_routes`): `?t=30ms` was taken as a 30 ms window.
+        for t in ["t=30ms", "t=999ms", "t=0"] {
+            let why = window(Some(t)).unwrap_err();
+            assert!(why.contains("between 1s and"), "{t}: {why}");
+        }
+        assert_eq!(window(Some("t=1000ms")), Ok(Duration::from_secs(1)));
     }
 }
