@@ -28,6 +28,11 @@ pub fn token_volume() -> Value {
         "audience": "inflight.dev/aggregator", "expirationSeconds": 3600, "path": "token"}}]}})
 }
 
+/// Where a reporter (the proxy, the activator) mounts [`token_volume`].
+pub fn token_mount() -> Value {
+    json!({"name": "inflight-aggregator-token", "mountPath": "/var/run/secrets/inflight.dev/aggregator", "readOnly": true})
+}
+
 /// `inflight-proxy` as a native sidecar in front of the app on 8080, reporting `workload`
 /// (`deployment/web`) to `aggregator` (a URL), with the token of [`token_volume`].
 pub fn proxy_sidecar(workload: &str, aggregator: &str) -> Value {
@@ -40,7 +45,7 @@ pub fn proxy_sidecar(workload: &str, aggregator: &str) -> Value {
                 {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
                 {"name": "POD_IP", "valueFrom": field("status.podIP")}],
         "ports": [{"containerPort": 15080, "name": "inflight-http"}],
-        "volumeMounts": [{"name": "inflight-aggregator-token", "mountPath": "/var/run/secrets/inflight.dev/aggregator", "readOnly": true}],
+        "volumeMounts": [token_mount()],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15090}, "periodSeconds": 1}})
 }
 

@@ -233,6 +233,8 @@ pub fn activators(ns: &str, aggregator: &str) -> Value {
     let pod = json!({
         "serviceAccountName": ACTIVATOR,
         "terminationGracePeriodSeconds": 30,
+        // The activator proves who it is to the aggregator with this token, as the chart has it.
+        "volumes": [inflight_testbed::manifests::token_volume()],
         "containers": [{
             "name": "activator", "image": image_ref(ACTIVATOR), "imagePullPolicy": "Never",
             "args": ["--aggregator", aggregator],
@@ -242,6 +244,7 @@ pub fn activators(ns: &str, aggregator: &str) -> Value {
                     {"name": "POD_NAME", "valueFrom": field("metadata.name")},
                     {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
                     {"name": "POD_IP", "valueFrom": field("status.podIP")}],
+            "volumeMounts": [inflight_testbed::manifests::token_mount()],
             "ports": [{"containerPort": 8080, "name": "http"}, {"containerPort": 15091, "name": "admin"}],
             "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15091}, "periodSeconds": 1}}]});
     json!({"apiVersion": "v1", "kind": "List", "items": [
