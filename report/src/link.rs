@@ -17,6 +17,10 @@ use inflight_runtime::lock;
 use crate::token::TokenFile;
 use crate::{Report, ReportMetrics};
 
+/// How often an idle stream looks whether its token was rotated (kubelet rotates an hour's token
+/// with 12 minutes to spare).
+const TOKEN_CHECK: Duration = Duration::from_secs(10);
+
 /// What `/stats` shows of a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct LinkState {
@@ -201,6 +205,9 @@ impl<R: Report> Link<R> {
             }
             tokio::select! {
                 _ = self.ready.notified() => {}
+                // A reporter with nothing to say (an activator holding nothing) still changes
+                // streams before its token expires, rather than being cut off at the expiry.
+                () = tokio::time::sleep(TOKEN_CHECK) => {}
                 ended = &mut call => break ended.map(|_| false),
             }
         };
