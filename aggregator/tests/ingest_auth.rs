@@ -7,9 +7,9 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{proxy_reporting, Aggregator};
+use common::{admin_get, proxy_reporting, Aggregator};
 use inflight_proto::v1::ingest_client::IngestClient;
 use inflight_proto::v1::report_request::Report;
 use inflight_proto::v1::{
@@ -357,20 +357,4 @@ async fn testbed_report_streams_are_held_to_the_pod_and_workload_their_token_is_
         "the proxy was refused"
     );
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// `GET path` of an admin port, the body.
-async fn admin_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: a\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    out
 }

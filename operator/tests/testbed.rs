@@ -19,19 +19,6 @@ use hyper_util::rt::TokioExecutor;
 use inflight_testbed::{eventually, TestBed};
 use serde_json::json;
 
-fn replicas(tb: &TestBed, name: &str) -> (i64, i64) {
-    let d = get(tb, &[&format!("deployment/{name}")]).unwrap_or_default();
-    (
-        d["spec"]["replicas"].as_i64().unwrap_or(0),
-        d["status"]["readyReplicas"].as_i64().unwrap_or(0),
-    )
-}
-
-fn cluster_ip(tb: &TestBed, svc: &str) -> String {
-    tb.kubectl(&["get", "service", svc, "-o", "jsonpath={.spec.clusterIP}"])
-        .unwrap()
-}
-
 /// The test's aggregator, activator stand-in and CRD, ready; the aggregator's ClusterIP address
 /// (KEDA in the cluster and the operator on this host both reach it).
 async fn base(tb: &TestBed) -> String {
@@ -185,7 +172,7 @@ async fn testbed_httpautoscaler_adopts_the_service_scales_with_keda_and_gives_ev
         svc["metadata"]["annotations"]["inflight.dev/adopted-selector"],
         r#"{"app":"web"}"#
     );
-    let web_ip = pod_ips(&tb, "web");
+    let web_ip = ready_ips(&tb, "web");
     eventually(
         "serve slice on the pod's proxy, proxy slice empty",
         60,
@@ -289,7 +276,7 @@ async fn testbed_httpautoscaler_adopts_the_service_scales_with_keda_and_gives_ev
         (replicas(&tb, "web").0 == 0).then_some(())
     })
     .await;
-    let act_ip = pod_ips(&tb, "activator");
+    let act_ip = ready_ips(&tb, "activator");
     eventually("proxy slice on the activator, mode Proxy", 120, || async {
         let (proxy, port) = slice_ready(&tb, "web-inflight-proxy")?;
         let (serve, _) = slice_ready(&tb, "web-inflight-serve")?;
@@ -358,7 +345,7 @@ async fn testbed_at_zero_the_slice_follows_a_new_activator_and_flips_back_once_a
         json!({"minReplicas": 0, "pollingInterval": "2s"}),
     ))
     .unwrap();
-    let first = pod_ips(&tb, "activator");
+    let first = ready_ips(&tb, "activator");
     eventually("proxy mode on the activator", 120, || async {
         let (proxy, _) = slice_ready(&tb, "web-inflight-proxy")?;
         let h = get(&tb, &["hta/web"])?;
@@ -381,7 +368,7 @@ async fn testbed_at_zero_the_slice_follows_a_new_activator_and_flips_back_once_a
     tb.kubectl(&["delete", "pod", "-l", "app=activator", "--wait=false"])
         .unwrap();
     let second = eventually("a new activator pod ready", 120, || async {
-        let ips = pod_ips(&tb, "activator");
+        let ips = ready_ips(&tb, "activator");
         (!ips.is_empty() && ips != first).then_some(ips)
     })
     .await;
@@ -403,7 +390,7 @@ async fn testbed_at_zero_the_slice_follows_a_new_activator_and_flips_back_once_a
     ])
     .unwrap();
     eventually("serve mode on the woken pod", 180, || async {
-        let ips = pod_ips(&tb, "web");
+        let ips = ready_ips(&tb, "web");
         let (serve, _) = slice_ready(&tb, "web-inflight-serve")?;
         let (proxy, _) = slice_ready(&tb, "web-inflight-proxy")?;
         let h = get(&tb, &["hta/web"])?;

@@ -27,6 +27,7 @@ pub mod network;
 pub mod network_policy;
 pub mod pki;
 pub mod process;
+pub mod query;
 mod testbed;
 
 pub use api::{client, kubectl_run};

@@ -15,6 +15,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `GET path` of an admin port (the aggregator's, a proxy's): the whole answer, head and body.
+pub async fn admin_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: a\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 /// The `inflight-aggregator` binary, killed when dropped.
 pub struct Aggregator {
     pub child: Child,
@@ -99,15 +112,7 @@ impl Aggregator {
 
     /// `/metrics`, as text.
     pub async fn metrics(&self) -> String {
-        let mut stream = tokio::net::TcpStream::connect(self.admin).await.unwrap();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = String::new();
-        stream.read_to_string(&mut out).await.unwrap();
-        out
+        admin_get(self.admin, "/metrics").await
     }
 
     /// The value of one sample line of `/metrics` (exact name with labels), if present.

@@ -187,52 +187,7 @@ pub fn install_crd(tb: &TestBed) {
 }
 
 /// `kubectl get` of one object as JSON, `None` when it does not exist.
-pub fn get(tb: &TestBed, what: &[&str]) -> Option<Value> {
-    let mut args = vec!["get"];
-    args.extend_from_slice(what);
-    args.extend_from_slice(&["-o", "json"]);
-    tb.kubectl(&args)
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-}
-
-/// The IPs and port of an EndpointSlice's ready endpoints.
-pub fn slice_ready(tb: &TestBed, name: &str) -> Option<(Vec<String>, i64)> {
-    let s = get(tb, &[&format!("endpointslice/{name}")])?;
-    let port = s["ports"][0]["port"].as_i64().unwrap_or(0);
-    let ips = s["endpoints"]
-        .as_array()
-        .map(|eps| {
-            eps.iter()
-                .filter(|e| e["conditions"]["ready"] == json!(true))
-                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
-                .filter_map(|a| a.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    Some((ips, port))
-}
-
-/// The pod IPs of `app`'s ready pods.
-pub fn pod_ips(tb: &TestBed, app: &str) -> Vec<String> {
-    let pods = get(tb, &["pods", "-l", &format!("app={app}")]).unwrap_or_default();
-    pods["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-                .filter(|p| {
-                    p["status"]["conditions"].as_array().is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    })
-                })
-                .filter_map(|p| p["status"]["podIP"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+pub use inflight_testbed::query::{cluster_ip, get, ready_ips, replicas, slice_ready};
 
 /// A condition of the HTTPAutoscaler `name`: (status, reason).
 pub fn condition(tb: &TestBed, name: &str, type_: &str) -> Option<(String, String)> {
@@ -272,16 +227,7 @@ pub fn event_reasons(tb: &TestBed, name: &str) -> Vec<String> {
 /// the chart's ClusterRoleBinding, which every test would otherwise rewrite for itself.
 pub fn chart_rbac_kubeconfig(tb: &TestBed) -> PathBuf {
     let ns = tb.namespace();
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../charts/inflight/templates/operator-rbac.yaml"
-    ))
-    .unwrap()
-    .replace("{{ .Release.Namespace }}", ns);
-    assert!(
-        !text.contains("{{"),
-        "a template the test cannot render: {text}"
-    );
+    let text = inflight_testbed::chart::render_rbac("operator-rbac.yaml", ns).unwrap();
     let docs: Vec<&str> = text
         .split("\n---\n")
         .filter(|d| !d.contains("kind: ClusterRoleBinding"))
