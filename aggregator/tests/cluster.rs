@@ -89,6 +89,7 @@ fn aggregator_manifests(tb: &TestBed) -> serde_json::Value {
                "ports": [{"containerPort": 9090, "name": "grpc"}, {"containerPort": 6443, "name": "smi"},
                          {"containerPort": 15093, "name": "admin"}],
                "volumeMounts": [{"name": "tls", "mountPath": "/tls", "readOnly": true}],
+               "securityContext": inflight_testbed::manifests::restricted(),
                "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15093}, "periodSeconds": 1}}],
              "volumes": [{"name": "tls", "secret": {"secretName": "inflight-aggregator-tls"}}]}}}},
         // KEDA and the API server talk to either replica: both hold every report.
@@ -138,6 +139,8 @@ fn web_manifests(ns: &str) -> serde_json::Value {
 async fn testbed_keda_scales_on_concurrency_through_the_aggregator() {
     let tb = TestBed::shared().await.unwrap();
     let ns = tb.namespace().to_owned();
+    // The aggregators and the proxied demo pass the restricted Pod Security Standard.
+    tb.enforce_restricted().await.unwrap();
     let reader = std::env::temp_dir().join(format!("inflight-aggregator-rb-{ns}.json"));
     std::fs::write(&reader, requestheader_reader(&ns).to_string()).unwrap();
     inflight_testbed::kubectl_run(tb.layout(), &["apply", "-f", &reader.display().to_string()])

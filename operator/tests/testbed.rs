@@ -19,9 +19,12 @@ use hyper_util::rt::TokioExecutor;
 use inflight_testbed::{eventually, TestBed};
 use serde_json::json;
 
-/// The test's aggregator, activator stand-in and CRD, ready; the aggregator's ClusterIP address
+/// The test's aggregator, activator stand-in and CRD, ready, in a namespace that enforces the
+/// `restricted` Pod Security Standard; the aggregator's ClusterIP address
 /// (KEDA in the cluster and the operator on this host both reach it).
 async fn base(tb: &TestBed) -> String {
+    // Every pod of these tests (the aggregator, the proxied demo) passes the restricted standard.
+    tb.enforce_restricted().await.unwrap();
     install_crd(tb);
     tb.apply(&aggregator(tb)).unwrap();
     tb.apply(&activator()).unwrap();
