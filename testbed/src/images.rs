@@ -42,6 +42,8 @@ pub const OURS: &[&str] = &[
     "inflight-aggregator",
     "inflight-activator",
     "inflight-demo-app",
+    "inflight-injector",
+    "inflight-operator",
 ];
 
 #[derive(Debug)]

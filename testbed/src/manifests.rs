@@ -142,3 +142,50 @@ pub fn activators(ns: &str, aggregator: &str) -> Value {
          "spec": {"selector": {"app": ACTIVATOR}, "ports": [{"name": "http", "port": 8080}]}}
     ]})
 }
+
+/// The injector as a pod, serving the webhook on 8443 with `cert` and `key` (PEM, from a Secret
+/// it makes), adding proxies that report to `aggregator` (a URL); and the Service `inflight-injector`
+/// (port 443) that a webhook configuration names. Its only call to the API server is for the
+/// version, which any ServiceAccount may read.
+pub fn injector(cert: &str, key: &str, aggregator: &str) -> Value {
+    let pod = json!({
+        "volumes": [{"name": "tls", "secret": {"secretName": "inflight-injector-tls"}}],
+        "containers": [{
+            "name": "injector", "image": image_ref("inflight-injector"), "imagePullPolicy": "Never",
+            "args": ["--tls-cert", "/tls/tls.crt", "--tls-key", "/tls/tls.key",
+                     "--proxy-image", image_ref("inflight-proxy"), "--proxy-image-pull-policy", "Never",
+                     "--aggregator", aggregator],
+            "ports": [{"containerPort": 8443, "name": "webhook"}, {"containerPort": 15092, "name": "admin"}],
+            "volumeMounts": [{"name": "tls", "mountPath": "/tls", "readOnly": true}],
+            "securityContext": restricted(),
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15092}, "periodSeconds": 1}}]});
+    json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+         "metadata": {"name": "inflight-injector-tls"}, "stringData": {"tls.crt": cert, "tls.key": key}},
+        not_injected(deployment("inflight-injector", 1, pod)),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-injector"},
+         "spec": {"selector": {"app": "inflight-injector"},
+                  "ports": [{"name": "webhook", "port": 443, "targetPort": 8443}]}}
+    ]})
+}
+
+/// The operator as a pod under the chart's ServiceAccount (`chart::apply_rbac(tb,
+/// "operator-rbac.yaml")` first), reconciling namespace `ns` only, with its Lease there, the
+/// activators of [`activators`] and the aggregator at `aggregator_address` (`HOST:PORT`). It
+/// leaves the cluster's webhook and APIService alone (`--tls-bootstrap false`): other tests use
+/// them.
+pub fn operator(ns: &str, aggregator_address: &str) -> Value {
+    let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
+    let pod = json!({
+        "serviceAccountName": "inflight-operator",
+        "containers": [{
+            "name": "operator", "image": image_ref("inflight-operator"), "imagePullPolicy": "Never",
+            "args": ["--watch-namespace", ns, "--activator-service", format!("{ns}/{ACTIVATOR}"),
+                     "--aggregator-address", aggregator_address, "--tls-bootstrap", "false"],
+            "env": [{"name": "POD_NAME", "valueFrom": field("metadata.name")},
+                    {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")}],
+            "ports": [{"containerPort": 15094, "name": "admin"}],
+            "securityContext": restricted(),
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15094}, "periodSeconds": 1}}]});
+    not_injected(deployment("inflight-operator", 1, pod))
+}
