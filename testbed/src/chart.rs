@@ -14,26 +14,43 @@ pub fn template(file: &str) -> PathBuf {
         .join(file)
 }
 
-/// The template `file` rendered for namespace `ns` (the YAML documents, bindings renamed).
+/// The template `file` rendered for namespace `ns`: bindings renamed `<name>-<ns>`, and so are
+/// Roles in another namespace (KEDA's) with the bindings to them, and KEDA's client Secret and
+/// ClusterTriggerAuthentication (`inflight-keda`), which tests side by side each have.
 pub fn render_rbac(file: &str, ns: &str) -> Result<String, Error> {
     let path = template(file);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Error::io(&path, e))?
-        .replace("{{ .Release.Namespace }}", ns);
+        .replace("{{ .Release.Namespace }}", ns)
+        .replace("\"inflight-keda\"", &format!("\"inflight-keda-{ns}\""));
     if text.contains("{{") {
         return Err(Error::Invalid(format!(
             "{}: a template value the tests cannot render",
             path.display()
         )));
     }
+    let home = format!("\n  namespace: {ns}\n");
+    let elsewhere = |doc: &str| doc.contains("\n  namespace: ") && !doc.contains(&home);
+    let kind = |doc: &str| {
+        doc.lines()
+            .find_map(|l| l.strip_prefix("kind: "))
+            .unwrap_or_default()
+            .to_owned()
+    };
     let docs: Vec<String> = text
         .split("\n---\n")
         .map(|doc| {
-            let binding = doc
-                .lines()
-                .any(|l| l.starts_with("kind: ") && l.ends_with("Binding"));
-            let Some(at) = doc.find("\nmetadata:\n  name: ").filter(|_| binding) else {
-                return doc.to_owned();
+            let kind = kind(doc);
+            let renamed = kind.ends_with("Binding") || (kind == "Role" && elsewhere(doc));
+            let mut doc = doc.to_owned();
+            if kind == "RoleBinding" && elsewhere(&doc) {
+                doc = doc.replace(
+                    "\n  kind: Role\n  name: inflight-operator\n",
+                    &format!("\n  kind: Role\n  name: inflight-operator-{ns}\n"),
+                );
+            }
+            let Some(at) = doc.find("\nmetadata:\n  name: ").filter(|_| renamed) else {
+                return doc;
             };
             let start = at + "\nmetadata:\n  name: ".len();
             let end = doc[start..].find('\n').map_or(doc.len(), |e| start + e);
@@ -41,6 +58,30 @@ pub fn render_rbac(file: &str, ns: &str) -> Result<String, Error> {
         })
         .collect();
     Ok(docs.join("\n---\n"))
+}
+
+/// The operator's flags for a test in namespace `ns`, beside [`render_rbac`]'s names: its TLS
+/// bootstrap makes the aggregator's certificate and KEDA's client certificate (Secret and
+/// ClusterTriggerAuthentication `inflight-keda-<ns>`), and leaves the cluster's webhook and
+/// APIService, which other tests use, alone. KEDA dials the scaler at its Service's name, which
+/// the certificate is for; an operator on this host must be told where to dial it
+/// (`--aggregator-dial`, the Service's ClusterIP:9091).
+pub fn operator_args(ns: &str) -> Vec<String> {
+    let keda = format!("inflight-keda-{ns}");
+    [
+        "--webhook-configuration",
+        "",
+        "--apiservice",
+        "",
+        "--keda-client-secret",
+        &keda,
+        "--trigger-authentication",
+        &keda,
+        "--aggregator-address",
+        &format!("inflight-aggregator.{ns}.svc:9091"),
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// Applies the rendered `file` for the test's namespace.
@@ -71,5 +112,18 @@ mod tests {
         assert!(text.contains("kind: ClusterRole\nmetadata:\n  name: inflight-aggregator\n"));
         assert!(text.contains("namespace: t-1"));
         assert!(!text.contains("{{"));
+    }
+
+    #[test]
+    fn the_operators_rights_in_kedas_namespace_are_the_tests_own() {
+        let text = render_rbac("operator-rbac.yaml", "t-1").unwrap();
+        assert!(text
+            .contains("kind: Role\nmetadata:\n  name: inflight-operator-t-1\n  namespace: keda\n"));
+        assert!(
+            text.contains("kind: Role\nmetadata:\n  name: inflight-operator\n  namespace: t-1\n")
+        );
+        assert!(text.contains("  kind: Role\n  name: inflight-operator-t-1\n"));
+        assert!(text.contains("resourceNames: [\"inflight-keda-t-1\"]"));
+        assert!(!text.contains("\"inflight-keda\""));
     }
 }

@@ -63,9 +63,10 @@ impl Operator {
             ])
             .args(["--activator-service", &format!("{ns}/activator")])
             .args(["--resync-interval", "10s"])
-            // Certificates have their own test (certs.rs); here the operator must not touch the
-            // cluster's webhook and APIService, which other tests use.
-            .args(["--tls-bootstrap", "false"])
+            // The bootstrap makes the aggregator's certificates and KEDA's client certificate
+            // under the test's own names, and leaves the cluster's webhook and APIService (which
+            // other tests use) alone; certs.rs tests the bootstrap itself.
+            .args(inflight_testbed::chart::operator_args(ns))
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,inflight_operator=debug")
