@@ -178,7 +178,7 @@ impl Load {
                     // and a kept-alive one would stay with the side it first reached.
                     let client = Client::builder(TokioExecutor::new())
                         .pool_max_idle_per_host(0)
-                        .build(HttpConnector::new());
+                        .build(connector());
                     while !stop.load(Ordering::Relaxed) {
                         match body(&client, &ip).await {
                             Some(b) => {
@@ -222,7 +222,16 @@ impl Load {
 }
 
 fn http() -> Client<HttpConnector, Empty<Bytes>> {
-    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+    Client::builder(TokioExecutor::new()).build(connector())
+}
+
+/// A connection to an address nothing answers at (a pod just deleted, kube-proxy not yet
+/// caught up) fails after a while rather than waiting for TCP to give up, so that the callers'
+/// deadlines hold.
+fn connector() -> HttpConnector {
+    let mut c = HttpConnector::new();
+    c.set_connect_timeout(Some(Duration::from_secs(3)));
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,6 +503,18 @@ async fn testbed_at_zero_the_slice_follows_a_new_activator_and_flips_back_once_a
         let (proxy, _) = slice_ready(&tb, "web-inflight-proxy")?;
         (proxy == second).then_some(())
     })
+    .await;
+    // kube-proxy follows the slice a moment later; until it has, a connection may still go to
+    // the old activator's address, where nothing answers (the load below would wait on it).
+    eventually(
+        "the new activator answering through the Service",
+        60,
+        || async {
+            body(&http(), &ip)
+                .await
+                .filter(|b| b.contains("on activator-"))
+        },
+    )
     .await;
 
     // A wake-up (KEDA told to hold web at one replica, standing in for the activator's push):

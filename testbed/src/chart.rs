@@ -15,14 +15,16 @@ pub fn template(file: &str) -> PathBuf {
 }
 
 /// The template `file` rendered for namespace `ns`: bindings renamed `<name>-<ns>`, and so are
-/// Roles in another namespace (KEDA's) with the bindings to them, and KEDA's client Secret and
-/// ClusterTriggerAuthentication (`inflight-keda`), which tests side by side each have.
+/// KEDA's client Secret and ClusterTriggerAuthentication (`inflight-keda`), which tests side by
+/// side each have, and with them the roles that name them or live in another namespace (KEDA's),
+/// and the references to those roles.
 pub fn render_rbac(file: &str, ns: &str) -> Result<String, Error> {
     let path = template(file);
+    let keda = format!("\"inflight-keda-{ns}\"");
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Error::io(&path, e))?
         .replace("{{ .Release.Namespace }}", ns)
-        .replace("\"inflight-keda\"", &format!("\"inflight-keda-{ns}\""));
+        .replace("\"inflight-keda\"", &keda);
     if text.contains("{{") {
         return Err(Error::Invalid(format!(
             "{}: a template value the tests cannot render",
@@ -30,25 +32,51 @@ pub fn render_rbac(file: &str, ns: &str) -> Result<String, Error> {
         )));
     }
     let home = format!("\n  namespace: {ns}\n");
-    let elsewhere = |doc: &str| doc.contains("\n  namespace: ") && !doc.contains(&home);
     let kind = |doc: &str| {
         doc.lines()
             .find_map(|l| l.strip_prefix("kind: "))
             .unwrap_or_default()
             .to_owned()
     };
-    let docs: Vec<String> = text
-        .split("\n---\n")
+    let field = |doc: &str, at: &str| {
+        doc.split_once(at)
+            .and_then(|(_, rest)| rest.lines().next())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // Which role an object is, or a binding refers to: a Role is known by its namespace too.
+    let id = |doc: &str, kind: &str, name: &str| {
+        let namespace = if kind == "Role" {
+            field(doc, "\n  namespace: ")
+        } else {
+            String::new()
+        };
+        format!("{kind}/{namespace}/{name}")
+    };
+    let docs: Vec<&str> = text.split("\n---\n").collect();
+    let own: Vec<String> = docs
+        .iter()
+        .filter(|d| {
+            let k = kind(d);
+            (k == "Role" && d.contains("\n  namespace: ") && !d.contains(&home))
+                || (k.ends_with("Role") && d.contains(&keda))
+        })
+        .map(|d| id(d, &kind(d), &field(d, "\nmetadata:\n  name: ")))
+        .collect();
+    let docs: Vec<String> = docs
+        .iter()
         .map(|doc| {
             let kind = kind(doc);
-            let renamed = kind.ends_with("Binding") || (kind == "Role" && elsewhere(doc));
-            let mut doc = doc.to_owned();
-            if kind == "RoleBinding" && elsewhere(&doc) {
-                doc = doc.replace(
-                    "\n  kind: Role\n  name: inflight-operator\n",
-                    &format!("\n  kind: Role\n  name: inflight-operator-{ns}\n"),
-                );
+            let name = field(doc, "\nmetadata:\n  name: ");
+            let mut doc = (*doc).to_owned();
+            if let Some((ref_kind, ref_name)) = role_ref(&doc) {
+                if own.contains(&id(&doc, &ref_kind, &ref_name)) {
+                    let from = format!("\n  kind: {ref_kind}\n  name: {ref_name}\n");
+                    let to = format!("\n  kind: {ref_kind}\n  name: {ref_name}-{ns}\n");
+                    doc = doc.replace(&from, &to);
+                }
             }
+            let renamed = kind.ends_with("Binding") || own.contains(&id(&doc, &kind, &name));
             let Some(at) = doc.find("\nmetadata:\n  name: ").filter(|_| renamed) else {
                 return doc;
             };
@@ -58,6 +86,18 @@ pub fn render_rbac(file: &str, ns: &str) -> Result<String, Error> {
         })
         .collect();
     Ok(docs.join("\n---\n"))
+}
+
+/// The kind and name of a binding's `roleRef`.
+fn role_ref(doc: &str) -> Option<(String, String)> {
+    let (_, block) = doc.split_once("\nroleRef:\n")?;
+    let value = |key: &str| {
+        block
+            .lines()
+            .take_while(|l| l.starts_with("  "))
+            .find_map(|l| l.trim().strip_prefix(key).map(str::to_owned))
+    };
+    Some((value("kind: ")?, value("name: ")?))
 }
 
 /// The operator's flags for a test in namespace `ns`, beside [`render_rbac`]'s names: its TLS
@@ -125,5 +165,11 @@ mod tests {
         assert!(text.contains("  kind: Role\n  name: inflight-operator-t-1\n"));
         assert!(text.contains("resourceNames: [\"inflight-keda-t-1\"]"));
         assert!(!text.contains("\"inflight-keda\""));
+        // The cluster-wide rules that name the test's ClusterTriggerAuthentication are its own,
+        // and so is their binding's reference; the operator's other rules are shared.
+        assert!(text.contains("kind: ClusterRole\nmetadata:\n  name: inflight-operator-keda-t-1\n"));
+        assert!(text.contains("  kind: ClusterRole\n  name: inflight-operator-keda-t-1\n"));
+        assert!(text.contains("kind: ClusterRole\nmetadata:\n  name: inflight-operator\n"));
+        assert!(text.contains("  kind: ClusterRole\n  name: inflight-operator\n"));
     }
 }
