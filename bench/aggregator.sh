@@ -19,8 +19,9 @@ cargo build --release --locked -p inflight-aggregator --bins --example load >&2
 bin="$CARGO_TARGET_DIR/release"
 aggregator="${INFLIGHT_AGGREGATOR_BIN:-$bin/inflight-aggregator}"
 # No warm-up: the figures start at once. The 100,000-pod row is above the default --max-pods.
-# No cluster to review report tokens with: --ingest-auth none.
-read -r -a flags <<<"${AGGREGATOR_FLAGS---warm-up 0s --max-pods 200000 --ingest-auth none}"
+# No cluster to review report tokens with, nor the operator's certificates for the scaler port:
+# --ingest-auth none, --scaler-auth none.
+read -r -a flags <<<"${AGGREGATOR_FLAGS---warm-up 0s --max-pods 200000 --ingest-auth none --scaler-auth none}"
 port=$((20000 + RANDOM % 20000))
 agg_pid=
 cleanup() {
@@ -33,8 +34,9 @@ trap cleanup EXIT
 
 start() {
     cleanup
-    port=$((port + 2))
-    taskset -c 0 "$aggregator" --grpc-listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$((port + 1))" "${flags[@]}" \
+    port=$((port + 3))
+    taskset -c 0 "$aggregator" --grpc-listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$((port + 1))" \
+        --scaler-listen "127.0.0.1:$((port + 2))" "${flags[@]}" \
         >/dev/null 2>&1 &
     agg_pid=$!
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return; sleep 0.05; done
@@ -44,6 +46,8 @@ start() {
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$agg_pid/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$agg_pid/stat"; }
 load() { taskset -c 1 "$bin/examples/load" "$@" --target "http://127.0.0.1:$port"; }
+# KEDA's calls go to the scaler port.
+scaler_load() { taskset -c 1 "$bin/examples/load" "$@" --target "http://127.0.0.1:$((port + 2))"; }
 
 echo "| measure | value | target |"
 echo "| --- | ---: | ---: |"
@@ -77,7 +81,7 @@ start
 load hold --pods 10000 --workloads 1000 --streams 8 --seconds $((SECONDS_EACH + 5)) >/dev/null &
 load_pid=$!
 sleep 3
-out=$(load latency --workloads 1000 --calls 20000)
+out=$(scaler_load latency --workloads 1000 --calls 20000)
 wait "$load_pid"
 p50=$(echo "$out" | sed -n 's/.*p50 \([0-9]*\) µs.*/\1/p')
 p99=$(echo "$out" | sed -n 's/.*p99 \([0-9]*\) µs.*/\1/p')

@@ -51,7 +51,10 @@ spec:
       - name: aggregator
         image: inflight.local/inflight-aggregator:dev
         imagePullPolicy: Never
-        ports: [{containerPort: 9090, name: grpc}, {containerPort: 15093, name: admin}]
+        # No operator in this demo to issue KEDA's client certificate: the scaler port is
+        # plaintext here (the operator's and the activator's bed tests run it as mutual TLS).
+        args: [--scaler-auth, none]
+        ports: [{containerPort: 9090, name: grpc}, {containerPort: 9091, name: scaler}, {containerPort: 15093, name: admin}]
         readinessProbe: {httpGet: {path: /readyz, port: 15093}, periodSeconds: 1}
 ---
 apiVersion: v1
@@ -59,7 +62,7 @@ kind: Service
 metadata: {name: inflight-aggregator, namespace: $NS}
 spec:
   selector: {app: inflight-aggregator}
-  ports: [{name: grpc, port: 9090}]
+  ports: [{name: scaler, port: 9091}]
 ---
 # Sidecars resolve every aggregator replica behind this name and report to each, a warming-up
 # (not yet ready) replica too: that is how it hears every pod before it answers KEDA.
@@ -137,7 +140,7 @@ spec:
   triggers:
   - type: external-push
     metadata:
-      scalerAddress: inflight-aggregator.$NS.svc.cluster.local:9090
+      scalerAddress: inflight-aggregator.$NS.svc.cluster.local:9091
       workload: deployment/demo
       target: "$TARGET"
       window: 20s

@@ -394,10 +394,10 @@ async fn held(n: usize, cc: u32) {
 }
 
 async fn wake(n: usize) {
-    let grpc = start_aggregator();
+    let aggregator = start_aggregator();
     let activator = Running::start(&[
         "--aggregator",
-        &format!("http://{grpc}"),
+        &format!("http://{}", aggregator.ingest),
         "--report-interval",
         "60s",
     ]);
@@ -411,7 +411,7 @@ async fn wake(n: usize) {
         .set_routes(Routes::build(htas.iter(), "cluster.local"));
     let mut keda =
         inflight_proto::externalscaler::external_scaler_client::ExternalScalerClient::connect(
-            format!("http://{grpc}"),
+            format!("http://{}", aggregator.scaler),
         )
         .await
         .unwrap();

@@ -13,12 +13,12 @@ use inflight_proto::externalscaler::external_scaler_client::ExternalScalerClient
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_held_request_pushes_active_to_keda_without_waiting_for_a_report_interval() {
-    let grpc = start_aggregator();
+    let aggregator = start_aggregator();
     // Reports every minute: a `true` before then can only come from the report the first held
     // request makes at once.
     let activator = Running::start(&[
         "--aggregator",
-        &format!("http://{grpc}"),
+        &format!("http://{}", aggregator.ingest),
         "--report-interval",
         "60s",
     ]);
@@ -34,7 +34,7 @@ async fn the_first_held_request_pushes_active_to_keda_without_waiting_for_a_repo
     )
     .await;
 
-    let mut keda = ExternalScalerClient::connect(format!("http://{grpc}"))
+    let mut keda = ExternalScalerClient::connect(format!("http://{}", aggregator.scaler))
         .await
         .unwrap();
     let mut pushes = keda
@@ -66,7 +66,7 @@ async fn every_aggregator_hears_of_the_first_held_request() {
     let (a, b) = (start_aggregator(), start_aggregator());
     let activator = Running::start(&[
         "--aggregator",
-        &format!("http://{a},http://{b}"),
+        &format!("http://{},http://{}", a.ingest, b.ingest),
         "--report-interval",
         "60s",
     ]);
@@ -78,8 +78,8 @@ async fn every_aggregator_hears_of_the_first_held_request() {
     })
     .await;
     let mut streams = Vec::new();
-    for grpc in [a, b] {
-        let mut keda = ExternalScalerClient::connect(format!("http://{grpc}"))
+    for aggregator in [a, b] {
+        let mut keda = ExternalScalerClient::connect(format!("http://{}", aggregator.scaler))
             .await
             .unwrap();
         let mut pushes = keda

@@ -10,9 +10,22 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "inflight-aggregator", version)]
 pub struct Config {
-    /// gRPC: KEDA's `externalscaler.ExternalScaler` and inflight's `Ingest`.
+    /// gRPC: inflight's `Ingest`, the report streams of the proxies and the activators.
     #[arg(long, env = "INFLIGHT_GRPC_LISTEN", default_value = "0.0.0.0:9090")]
     pub grpc_listen: SocketAddr,
+    /// gRPC: KEDA's `externalscaler.ExternalScaler`, a port of its own so that TLS and network
+    /// policy can admit KEDA alone.
+    #[arg(long, env = "INFLIGHT_SCALER_LISTEN", default_value = "0.0.0.0:9091")]
+    pub scaler_listen: SocketAddr,
+    /// Who may call the scaler. `mtls`: TLS with `--tls-cert`/`--tls-key`, and the caller must
+    /// present a client certificate of a CA in `--scaler-client-ca` (KEDA, with the certificate
+    /// the operator gives it). `none`: plaintext, anyone (loopback development only).
+    #[arg(long, env = "INFLIGHT_SCALER_AUTH", value_enum, default_value = "mtls")]
+    pub scaler_auth: crate::scaler::tls::Mode,
+    /// The CAs (PEM) whose client certificates the scaler port accepts, read again when the file
+    /// changes (the operator's CA bundle, `ca.crt` of its CA Secret).
+    #[arg(long, env = "INFLIGHT_SCALER_CLIENT_CA")]
+    pub scaler_client_ca: Option<std::path::PathBuf>,
     /// Who may report. `tokenreview`: each report stream carries its pod's projected
     /// ServiceAccount token, reviewed by the API server; the namespace and pod are the token's,
     /// the workload is the pod's `inflight.dev/workload` label, held requests come only from
@@ -43,7 +56,8 @@ pub struct Config {
     /// HTTPS: the SMI Traffic Metrics API, for the API server's aggregation layer.
     #[arg(long, env = "INFLIGHT_SMI_LISTEN", default_value = "0.0.0.0:6443")]
     pub smi_listen: SocketAddr,
-    /// Serving certificate (PEM) of the SMI API; without it a self-signed one is made at start.
+    /// Serving certificate (PEM) of the SMI API and the scaler port, read again when it changes
+    /// on the scaler port; without it the SMI API makes a self-signed one at start.
     #[arg(long, env = "INFLIGHT_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<std::path::PathBuf>,
     /// Its private key (PEM).
@@ -149,6 +163,16 @@ pub struct Config {
 impl Config {
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), String> {
+        if self.scaler_auth == crate::scaler::tls::Mode::Mtls
+            && (self.tls_cert.is_none() || self.scaler_client_ca.is_none())
+        {
+            return Err(
+                "--scaler-auth mtls needs --tls-cert, --tls-key and --scaler-client-ca \
+                 (the operator's certificate Secrets); pass --scaler-auth none for loopback \
+                 development"
+                    .into(),
+            );
+        }
         for (flag, d) in [
             ("--grpc-keepalive", self.grpc_keepalive),
             ("--grpc-tcp-keepalive", self.grpc_tcp_keepalive),
@@ -209,14 +233,38 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The defaults, with the certificate files a pod has mounted.
     fn config(args: &[&str]) -> Config {
-        Config::try_parse_from(std::iter::once("inflight-aggregator").chain(args.iter().copied()))
-            .unwrap()
+        let files = [
+            "--tls-cert",
+            "tls.crt",
+            "--tls-key",
+            "tls.key",
+            "--scaler-client-ca",
+            "ca.crt",
+        ];
+        Config::try_parse_from(
+            std::iter::once("inflight-aggregator")
+                .chain(files)
+                .chain(args.iter().copied()),
+        )
+        .unwrap()
     }
 
     #[test]
     fn defaults_are_valid() {
         config(&[]).validate().unwrap();
+    }
+
+    #[test]
+    fn the_scaler_is_mutual_tls_unless_said_otherwise() {
+        let bare = Config::try_parse_from(["inflight-aggregator"]).unwrap();
+        assert_eq!(bare.scaler_auth, crate::scaler::tls::Mode::Mtls);
+        let e = bare.validate().unwrap_err();
+        assert!(e.contains("--scaler-auth none"), "{e}");
+        let open =
+            Config::try_parse_from(["inflight-aggregator", "--scaler-auth", "none"]).unwrap();
+        open.validate().unwrap();
     }
 
     #[test]

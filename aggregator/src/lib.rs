@@ -92,6 +92,10 @@ pub async fn run(
     let grpc = TcpListener::bind(config.grpc_listen)
         .await
         .map_err(|e| anyhow::anyhow!("--grpc-listen {}: {e}", config.grpc_listen))?;
+    let scaler_port = TcpListener::bind(config.scaler_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("--scaler-listen {}: {e}", config.scaler_listen))?;
+    let scaler_tls = scaler_acceptor(&config)?;
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .map_err(|e| anyhow::anyhow!("--admin-listen {}: {e}", config.admin_listen))?;
@@ -146,8 +150,8 @@ pub async fn run(
         (None, None) => None,
     };
     tracing::info!(
-        ingest_auth = ?config.ingest_auth,
-        grpc = %grpc.local_addr()?, smi = %smi.local_addr()?, admin = %admin.local_addr()?,
+        ingest_auth = ?config.ingest_auth, scaler_auth = ?config.scaler_auth,
+        grpc = %grpc.local_addr()?, scaler = %scaler_port.local_addr()?, smi = %smi.local_addr()?, admin = %admin.local_addr()?,
         kubernetes = kube.is_some(), "inflight-aggregator serving"
     );
     // Ready once warmed up: until then this replica has not heard every pod, and KEDA's Service
@@ -212,6 +216,7 @@ pub async fn run(
         auth,
         activators: config.activator_service_accounts.clone().into(),
     };
+    let metrics_for_tls = metrics.clone();
     let scaler = scaler::ScalerService {
         registry,
         metrics,
@@ -223,18 +228,40 @@ pub async fn run(
         },
         push: push.clone(),
     };
-    let incoming = TcpIncoming::from(grpc)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(config.grpc_tcp_keepalive))
-        .with_keepalive_interval(Some(config.grpc_tcp_keepalive))
-        .with_keepalive_retries(Some(3));
-    let served = tonic::transport::Server::builder()
-        .max_concurrent_streams(config.grpc_max_concurrent_streams)
-        .http2_keepalive_interval(Some(config.grpc_keepalive))
-        .http2_keepalive_timeout(Some(config.grpc_keepalive))
+    let tcp = |listener| {
+        TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(config.grpc_tcp_keepalive))
+            .with_keepalive_interval(Some(config.grpc_tcp_keepalive))
+            .with_keepalive_retries(Some(3))
+    };
+    let server = || {
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(config.grpc_max_concurrent_streams)
+            .http2_keepalive_interval(Some(config.grpc_keepalive))
+            .http2_keepalive_timeout(Some(config.grpc_keepalive))
+    };
+    let ended = |stopping: stopping::Stopping| async move { stopping.wait().await };
+    let ingest_served = server()
         .add_service(IngestServer::new(ingest))
-        .add_service(ExternalScalerServer::new(scaler))
-        .serve_with_incoming_shutdown(incoming, async move { stopping.wait().await });
+        .serve_with_incoming_shutdown(tcp(grpc), ended(stopping.clone()));
+    let scaler_server = server().add_service(ExternalScalerServer::new(scaler));
+    let scaler_served: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match scaler_tls {
+        Some(acceptor) => {
+            let tcp = scaler::tls::Tcp {
+                keepalive: config.grpc_tcp_keepalive,
+            };
+            let incoming = scaler::tls::incoming(scaler_port, acceptor, tcp, metrics_for_tls);
+            Box::pin(scaler_server.serve_with_incoming_shutdown(incoming, ended(stopping)))
+        }
+        None => {
+            Box::pin(scaler_server.serve_with_incoming_shutdown(tcp(scaler_port), ended(stopping)))
+        }
+    };
+    let served = async move {
+        let (ingest, scaler) = tokio::join!(ingest_served, scaler_served);
+        ingest.and(scaler)
+    };
     tokio::pin!(served);
     let served = tokio::select! {
         served = &mut served => served,
@@ -256,3 +283,32 @@ pub async fn run(
     sweeper.abort();
     served.map_err(|e| anyhow::anyhow!("gRPC server: {e}"))
 }
+
+/// The scaler port's TLS, its certificate and client CAs watched for changes; `None` with
+/// `--scaler-auth none`.
+fn scaler_acceptor(config: &Config) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    use inflight_runtime::client_ca::ClientCaFile;
+    use inflight_runtime::tls::CertFiles;
+
+    let (scaler::tls::Mode::Mtls, Some(cert), Some(key), Some(ca)) = (
+        config.scaler_auth,
+        &config.tls_cert,
+        &config.tls_key,
+        &config.scaler_client_ca,
+    ) else {
+        tracing::warn!("--scaler-auth none: any peer that reaches the scaler port may read every workload's figures; for loopback development only");
+        return Ok(None);
+    };
+    let files = CertFiles::load(cert, key).map_err(|e| anyhow::anyhow!("--tls-cert: {e}"))?;
+    let clients = ClientCaFile::load(ca).map_err(|e| anyhow::anyhow!("--scaler-client-ca: {e}"))?;
+    let tls = files
+        .mutual_config(clients.clone(), &[b"h2"])
+        .map_err(anyhow::Error::msg)?;
+    tokio::spawn(files.watch(CERT_CHECK, |_| {}));
+    tokio::spawn(clients.watch(CERT_CHECK));
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls))))
+}
+
+/// How often the scaler port's certificate and client CAs are looked at: the kubelet updates a
+/// Secret volume within about a minute anyway.
+const CERT_CHECK: Duration = Duration::from_secs(10);

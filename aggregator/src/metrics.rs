@@ -1,5 +1,6 @@
 //! The aggregator's own `/metrics` (prefix `inflight_aggregator_`): streams connected, reports
-//! taken and refused by reason, what the registry holds, and scaler calls by method with latency.
+//! taken and refused by reason, what the registry holds, scaler calls by method with latency, and
+//! connections to the scaler port by the outcome of their handshake.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,6 +27,7 @@ pub struct Metrics {
     pub expired_pods: Counter,
     scaler_calls: Family<Labels, Counter>,
     scaler_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    scaler_connections: Family<Labels, Counter>,
 }
 
 fn scaler_histogram() -> Histogram {
@@ -45,6 +47,7 @@ impl Metrics {
             expired_pods: Counter::default(),
             scaler_calls: Family::default(),
             scaler_seconds: Family::new_with_constructor(scaler_histogram),
+            scaler_connections: Family::default(),
         };
         let p = prometheus.sub_registry_with_prefix("aggregator");
         p.register(
@@ -85,6 +88,13 @@ impl Metrics {
             Unit::Seconds,
             m.scaler_seconds.clone(),
         );
+        p.register(
+            "scaler_connections",
+            "Connections to the scaler port by outcome of their TLS handshake (accepted; refused: \
+             no client certificate or one of a CA not trusted; timeout; busy: too many handshakes \
+             at once)",
+            m.scaler_connections.clone(),
+        );
         p.register_collector(Box::new(Census(registry)));
         Arc::new(m)
     }
@@ -99,6 +109,12 @@ impl Metrics {
             method,
             started: Instant::now(),
         }
+    }
+
+    pub fn scaler_connection(&self, result: &'static str) {
+        self.scaler_connections
+            .get_or_create(&vec![("result", result)])
+            .inc();
     }
 
     pub fn refused(&self, reason: &'static str) {

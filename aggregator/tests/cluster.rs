@@ -85,8 +85,11 @@ fn aggregator_manifests(tb: &TestBed) -> serde_json::Value {
              "serviceAccountName": "inflight-aggregator",
              "containers": [{
                "name": "aggregator", "image": image_ref("inflight-aggregator"), "imagePullPolicy": "Never",
-               "args": ["--tls-cert", "/tls/tls.crt", "--tls-key", "/tls/tls.key"],
-               "ports": [{"containerPort": 9090, "name": "grpc"}, {"containerPort": 6443, "name": "smi"},
+               // Who may call the scaler is the operator's and the activator's bed tests' to
+               // show (mutual TLS with KEDA's certificate); here, plaintext.
+               "args": ["--tls-cert", "/tls/tls.crt", "--tls-key", "/tls/tls.key", "--scaler-auth", "none"],
+               "ports": [{"containerPort": 9090, "name": "grpc"}, {"containerPort": 9091, "name": "scaler"},
+                         {"containerPort": 6443, "name": "smi"},
                          {"containerPort": 15093, "name": "admin"}],
                "volumeMounts": [{"name": "tls", "mountPath": "/tls", "readOnly": true}],
                "securityContext": inflight_testbed::manifests::restricted(),
@@ -95,7 +98,7 @@ fn aggregator_manifests(tb: &TestBed) -> serde_json::Value {
         // KEDA and the API server talk to either replica: both hold every report.
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator"},
          "spec": {"selector": {"app": "inflight-aggregator"},
-                  "ports": [{"name": "grpc", "port": 9090}, {"name": "smi", "port": 443, "targetPort": 6443}]}},
+                  "ports": [{"name": "scaler", "port": 9091}, {"name": "smi", "port": 443, "targetPort": 6443}]}},
         // Sidecars resolve every replica's address and report to each, a warming-up (not yet
         // ready) replica too.
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator-ingest"},
@@ -129,7 +132,7 @@ fn web_manifests(ns: &str) -> serde_json::Value {
              "scaleDown": {"stabilizationWindowSeconds": 0, "policies": [{"type": "Percent", "value": 100, "periodSeconds": 5}]},
              "scaleUp": {"stabilizationWindowSeconds": 0, "policies": [{"type": "Percent", "value": 200, "periodSeconds": 5}]}}}},
            "triggers": [{"type": "external-push", "metadata": {
-             "scalerAddress": format!("inflight-aggregator.{ns}.svc.cluster.local:9090"),
+             "scalerAddress": format!("inflight-aggregator.{ns}.svc.cluster.local:9091"),
              "workload": "deployment/web", "target": "2", "window": "20s", "scaleToZeroAfter": "30s"}}]}}
     ]})
 }

@@ -45,7 +45,7 @@ fn python_keda_client_drives_all_four_rpcs() {
 
     let out = Command::new("python3")
         .arg(manifest.join("tests/keda_client.py"))
-        .env("AGGREGATOR", aggregator.grpc.to_string())
+        .env("AGGREGATOR", aggregator.scaler.to_string())
         .env("PROXY", proxy.to_string())
         .env("STUBS", &stubs)
         .env("STREAMS", "50")

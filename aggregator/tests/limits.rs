@@ -126,19 +126,21 @@ async fn pipe(
 async fn streams_of_a_peer_that_stopped_answering_are_reaped() {
     let aggregator = Aggregator::start(&["--grpc-keepalive", "1s"]);
     let (freeze, frozen) = watch::channel(false);
-    let relay = freezable_relay(aggregator.grpc, frozen).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{relay}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = async |to: SocketAddr| {
+        let relay = freezable_relay(to, frozen.clone()).await;
+        tonic::transport::Endpoint::from_shared(format!("http://{relay}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    };
 
-    // A report stream and a push stream, both over the relay.
+    // A report stream and a push stream, each over a relay.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(report("web-1", "web")).await.unwrap();
-    let mut ingest = IngestClient::new(channel.clone());
+    let mut ingest = IngestClient::new(channel(aggregator.grpc).await);
     let _report = tokio::spawn(async move { ingest.report(ReceiverStream::new(rx)).await });
-    let mut scaler = ExternalScalerClient::new(channel);
+    let mut scaler = ExternalScalerClient::new(channel(aggregator.scaler).await);
     let mut push = scaler
         .stream_is_active(reference("web", "300s"))
         .await
@@ -218,7 +220,7 @@ async fn connections_advertise_the_stream_cap_and_keep_tcp_alive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_streams_are_capped_and_unknown_workloads_leave_no_trace() {
     let aggregator = Aggregator::start(&["--max-push-streams", "5"]);
-    let mut scaler = ExternalScalerClient::connect(aggregator.url())
+    let mut scaler = ExternalScalerClient::connect(aggregator.scaler_url())
         .await
         .unwrap();
     let mut open = Vec::new();
@@ -290,7 +292,7 @@ async fn push_streams_are_capped_and_unknown_workloads_leave_no_trace() {
 async fn a_push_stream_says_only_what_changed() {
     let aggregator = Aggregator::start(&[]);
     let proxy = proxy_in_front_of_demo_app(&aggregator.url(), "deployment/web", "web-1");
-    let mut scaler = ExternalScalerClient::connect(aggregator.url())
+    let mut scaler = ExternalScalerClient::connect(aggregator.scaler_url())
         .await
         .unwrap();
     let mut push = scaler
@@ -337,7 +339,9 @@ async fn triggers_follow_the_window_flags_and_stay_in_their_namespace() {
         }
         r
     };
-    let mut scaler = ExternalScalerClient::connect(strict.url()).await.unwrap();
+    let mut scaler = ExternalScalerClient::connect(strict.scaler_url())
+        .await
+        .unwrap();
     for (pairs, key) in [
         (&[("window", "8s")][..], "\"window\""),
         (&[("namespace", "payments")][..], "\"namespace\""),
@@ -350,7 +354,9 @@ async fn triggers_follow_the_window_flags_and_stay_in_their_namespace() {
         .get_metric_spec(with(&[("window", "10s"), ("namespace", "shop")]))
         .await
         .unwrap();
-    let mut scaler = ExternalScalerClient::connect(open.url()).await.unwrap();
+    let mut scaler = ExternalScalerClient::connect(open.scaler_url())
+        .await
+        .unwrap();
     let spec = scaler
         .get_metric_spec(with(&[("namespace", "payments")]))
         .await

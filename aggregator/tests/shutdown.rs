@@ -76,7 +76,8 @@ async fn sigterm_ends_report_and_push_streams_and_exits_0() {
     .await;
 
     // KEDA's way: many push streams on one connection, and one more on a connection of its own.
-    let shared = tonic::transport::Endpoint::from_shared(url.clone())
+    let scaler_url = aggregator.scaler_url();
+    let shared = tonic::transport::Endpoint::from_shared(scaler_url.clone())
         .unwrap()
         .connect()
         .await
@@ -84,7 +85,9 @@ async fn sigterm_ends_report_and_push_streams_and_exits_0() {
     let mut streams = Vec::new();
     for i in 0..20 {
         let mut scaler = if i == 0 {
-            ExternalScalerClient::connect(url.clone()).await.unwrap()
+            ExternalScalerClient::connect(scaler_url.clone())
+                .await
+                .unwrap()
         } else {
             ExternalScalerClient::new(shared.clone())
         };
@@ -135,7 +138,7 @@ async fn a_peer_that_never_answers_cannot_hold_the_shutdown_past_its_bound() {
     let silent = tokio::net::TcpStream::connect(aggregator.grpc)
         .await
         .unwrap();
-    let mut scaler = ExternalScalerClient::connect(aggregator.url())
+    let mut scaler = ExternalScalerClient::connect(aggregator.scaler_url())
         .await
         .unwrap();
     let mut push = scaler
@@ -147,7 +150,7 @@ async fn a_peer_that_never_answers_cannot_hold_the_shutdown_past_its_bound() {
     eventually("the silent connection to be accepted", async || {
         // Accepted connections are not counted anywhere; a second, answered call proves the
         // accept loop has gone past the silent one.
-        ExternalScalerClient::connect(aggregator.url())
+        ExternalScalerClient::connect(aggregator.scaler_url())
             .await
             .is_ok()
     })

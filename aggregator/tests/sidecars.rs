@@ -203,7 +203,9 @@ async fn a_thousand_sidecars_expiry_and_bad_reports() {
     );
 
     // Each workload: 100 pods × 1.0 — averaged over what this aggregator observed.
-    let mut scaler = ExternalScalerClient::connect(url.clone()).await.unwrap();
+    let mut scaler = ExternalScalerClient::connect(aggregator.scaler_url())
+        .await
+        .unwrap();
     warmed_up(&mut scaler, "w0").await;
     for w in 0..WORKLOADS {
         let v = value(&mut scaler, &format!("w{w}")).await;
@@ -361,8 +363,8 @@ async fn two_replicas_give_the_same_answers() {
         })
         .await;
     }
-    let mut sa = ExternalScalerClient::connect(a.url()).await.unwrap();
-    let mut sb = ExternalScalerClient::connect(b.url()).await.unwrap();
+    let mut sa = ExternalScalerClient::connect(a.scaler_url()).await.unwrap();
+    let mut sb = ExternalScalerClient::connect(b.scaler_url()).await.unwrap();
     warmed_up(&mut sa, "w0").await;
     warmed_up(&mut sb, "w0").await;
     for w in 0..4 {

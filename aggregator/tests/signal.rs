@@ -88,7 +88,7 @@ async fn a_sustained_step_is_never_answered_with_less() {
         "1s",
     ]);
     let proxy = proxy_in_front_of_demo_app(&aggregator.url(), "deployment/web", "web-1");
-    let mut scaler = Scaler::connect(aggregator.url()).await.unwrap();
+    let mut scaler = Scaler::connect(aggregator.scaler_url()).await.unwrap();
     let _one = hold(proxy, 1);
     eventually("1 in flight over a whole window", 60, async || {
         answer(&mut scaler, "12s")
@@ -134,7 +134,7 @@ async fn an_outage_and_a_restart_under_load_never_read_a_false_zero() {
     let grpc = aggregator.grpc;
     let proxy = proxy_in_front_of_demo_app(&aggregator.url(), "deployment/web", "web-1");
     let _five = hold(proxy, 5);
-    let mut scaler = Scaler::connect(aggregator.url()).await.unwrap();
+    let mut scaler = Scaler::connect(aggregator.scaler_url()).await.unwrap();
     eventually("5 in flight over a whole window", 60, async || {
         answer(&mut scaler, "8s").await.is_ok_and(|v| close(v, 5.0))
     })
@@ -149,7 +149,7 @@ async fn an_outage_and_a_restart_under_load_never_read_a_false_zero() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         aggregator = Aggregator::start_on(grpc, &args);
-        let mut scaler = Scaler::connect(aggregator.url()).await.unwrap();
+        let mut scaler = Scaler::connect(aggregator.scaler_url()).await.unwrap();
         // From right after the restart: never a number other than 5.
         let back = Instant::now();
         let mut current = None;
@@ -228,7 +228,7 @@ async fn a_flood_of_invented_names_is_bounded_and_leaves_the_real_workload_alone
     ]);
     let proxy = proxy_in_front_of_demo_app(&aggregator.url(), "deployment/web", "web-1");
     let _three = hold(proxy, 3);
-    let mut scaler = Scaler::connect(aggregator.url()).await.unwrap();
+    let mut scaler = Scaler::connect(aggregator.scaler_url()).await.unwrap();
     eventually("3 in flight over a whole window", 60, async || {
         answer(&mut scaler, "4s").await.is_ok_and(|v| close(v, 3.0))
     })

@@ -156,8 +156,10 @@ impl Scene {
                     &format!("{host}:{smi}"),
                 ])
                 .args(["--admin-listen", &admin.to_string()])
-                // Its reports are sent without tokens: the SMI API is what is tested here.
-                .args(["--ingest-auth", "none"])
+                // Its reports are sent without tokens and KEDA is not its caller: the SMI API is
+                // what is tested here.
+                .args(["--ingest-auth", "none", "--scaler-auth", "none"])
+                .args(["--scaler-listen", &format!("{host}:{}", free_port())])
                 .args(["--tls-cert", &dir.join("tls.crt").display().to_string()])
                 .args(["--tls-key", &dir.join("tls.key").display().to_string()])
                 .env("KUBECONFIG", tb.kubeconfig())

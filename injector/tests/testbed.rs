@@ -169,13 +169,17 @@ async fn get(url: &str) -> Option<(u16, String)> {
     Some((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// An aggregator in this process, on the host end of the bed's network, where the sidecars report.
-async fn aggregator(tb: &TestBed) -> SocketAddr {
+/// An aggregator in this process, on the host end of the bed's network, where the sidecars report:
+/// its ingest and its (plaintext) scaler address.
+async fn aggregator(tb: &TestBed) -> (SocketAddr, SocketAddr) {
     let grpc = SocketAddr::from((tb.layout().host_ip(), free_port()));
+    let scaler = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = inflight_aggregator::Config::parse_from([
         "inflight-aggregator",
         "--grpc-listen",
         &grpc.to_string(),
+        "--scaler-listen",
+        &scaler.to_string(),
         "--smi-listen",
         &format!("127.0.0.1:{}", free_port()),
         "--admin-listen",
@@ -183,8 +187,11 @@ async fn aggregator(tb: &TestBed) -> SocketAddr {
         "--warm-up",
         "1s",
         // Whether the injected proxy's token is accepted is the activator's bed test's to show
-        // (an aggregator in the cluster); this one runs on the host, without the bed's API.
+        // (an aggregator in the cluster); this one runs on the host, without the bed's API. Who
+        // may call the scaler is the operator's and the activator's bed tests' to show.
         "--ingest-auth",
+        "none",
+        "--scaler-auth",
         "none",
     ]);
     tokio::spawn(inflight_aggregator::run(config, std::future::pending()));
@@ -192,11 +199,11 @@ async fn aggregator(tb: &TestBed) -> SocketAddr {
         tokio::net::TcpStream::connect(grpc).await.ok().map(|_| ())
     })
     .await;
-    grpc
+    (grpc, scaler)
 }
 
-async fn concurrency(grpc: SocketAddr, ns: &str, workload: &str) -> Result<f64, tonic::Status> {
-    let mut scaler = ExternalScalerClient::connect(format!("http://{grpc}"))
+async fn concurrency(scaler: SocketAddr, ns: &str, workload: &str) -> Result<f64, tonic::Status> {
+    let mut scaler = ExternalScalerClient::connect(format!("http://{scaler}"))
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let reference = ScaledObjectRef {
@@ -227,7 +234,7 @@ async fn testbed_a_labelled_namespaces_pods_run_the_proxy_as_a_native_sidecar_an
 {
     let tb = TestBed::shared().await.unwrap();
     let ns = tb.namespace().to_owned();
-    let grpc = aggregator(&tb).await;
+    let (grpc, scaler) = aggregator(&tb).await;
     let injector = start_injector(&tb, Some(&format!("http://{grpc}")));
     tb.apply(&webhook_configuration(
         &tb,
@@ -319,7 +326,7 @@ async fn testbed_a_labelled_namespaces_pods_run_the_proxy_as_a_native_sidecar_an
         "concurrency of deployment/web at the aggregator",
         60,
         || async {
-            concurrency(grpc, &ns, "deployment/web")
+            concurrency(scaler, &ns, "deployment/web")
                 .await
                 .ok()
                 .filter(|c| *c >= 1.0)
@@ -327,7 +334,7 @@ async fn testbed_a_labelled_namespaces_pods_run_the_proxy_as_a_native_sidecar_an
     )
     .await;
     assert!(seen >= 1.0);
-    let other = concurrency(grpc, &ns, "deployment/sick")
+    let other = concurrency(scaler, &ns, "deployment/sick")
         .await
         .unwrap_or(0.0);
     assert_eq!(other, 0.0, "nothing is in flight in sick");

@@ -122,8 +122,13 @@ async fn what_is_not_an_admission_review_gets_400_with_the_reason() {
     assert_eq!(status, 404);
     let big = vec![b' '; 2 << 20];
     let injector = Injector::start(&certs, &["--max-body-bytes", "1048576"]);
-    let (status, text) = injector.call(&certs.pem, "POST", "/mutate", big).await;
-    assert_eq!(status, 413, "{text}");
+    // The injector answers 413 once it has read 1 MiB and closes; the rest of the body, unread,
+    // can make the kernel reset the connection before the client reads the answer.
+    match injector.try_call(&certs.pem, "POST", "/mutate", big).await {
+        Ok((status, text)) => assert_eq!(status, 413, "{text}"),
+        Err(reset) => println!("the 413 was overtaken by a reset: {reset}"),
+    }
+    // Either way, the injector refused it for its size, and counted it.
     assert_eq!(
         injector
             .metric("inflight_injector_errors_total{kind=\"body_too_large\"}")

@@ -24,9 +24,15 @@ pub struct Config {
     #[arg(
         long,
         env = "INFLIGHT_AGGREGATOR_ADDRESS",
-        default_value = "inflight-aggregator.inflight.svc:9090"
+        default_value = "inflight-aggregator.inflight.svc:9091"
     )]
     pub aggregator_address: String,
+
+    /// Where the operator itself dials the aggregator for the status figures, when it cannot
+    /// resolve `--aggregator-address` (an operator run outside the cluster); the certificate is
+    /// still checked for the host of `--aggregator-address`.
+    #[arg(long, env = "INFLIGHT_AGGREGATOR_DIAL")]
+    pub aggregator_dial: Option<String>,
 
     /// The activator's Service (NAMESPACE/NAME): its ready pods are the endpoints of every
     /// Service in proxy mode.

@@ -52,6 +52,9 @@ impl std::fmt::Debug for Context {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub aggregator_address: String,
+    /// The ClusterTriggerAuthentication of KEDA's client certificate, if the scaler port asks
+    /// for one.
+    pub trigger_authentication: Option<String>,
     pub activator_service: (String, String),
     pub readyz_timeout: Duration,
     pub resync: Duration,
@@ -259,7 +262,11 @@ async fn apply(hta: &HttpAutoscaler, ctx: &Context) -> Result<Action, Error> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
 
     // The ScaledObject first: KEDA can work while the target is being created.
-    let scaled = match keda::spec_for(hta, &ctx.settings.aggregator_address) {
+    let scaled = match keda::spec_for(
+        hta,
+        &ctx.settings.aggregator_address,
+        ctx.settings.trigger_authentication.as_deref(),
+    ) {
         Err(message) => Check::failed("InvalidSpec", message),
         Ok(spec) => scaled_object(client, &ns, &name, &uid, owner.clone(), spec).await?,
     };

@@ -44,11 +44,22 @@ pub struct KedaTarget {
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct Trigger {
     #[serde(rename = "type")]
     pub type_: String,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication_ref: Option<AuthenticationRef>,
+}
+
+/// The (Cluster)TriggerAuthentication a trigger takes its secrets from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AuthenticationRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -101,9 +112,14 @@ fn seconds(d: std::time::Duration) -> i32 {
 }
 
 /// The ScaledObject spec for `hta`: an `external-push` trigger to the aggregator carrying the
-/// metadata keys the aggregator reads (see `aggregator/src/scaler/metadata.rs`). Fails on a
-/// duration the schema let through but that does not parse.
-pub fn spec_for(hta: &HttpAutoscaler, aggregator: &str) -> Result<ScaledObjectSpec, String> {
+/// metadata keys the aggregator reads (see `aggregator/src/scaler/metadata.rs`), and the
+/// ClusterTriggerAuthentication `authentication` (KEDA's client certificate for the scaler port)
+/// if there is one. Fails on a duration the schema let through but that does not parse.
+pub fn spec_for(
+    hta: &HttpAutoscaler,
+    aggregator: &str,
+    authentication: Option<&str>,
+) -> Result<ScaledObjectSpec, String> {
     let spec = &hta.spec;
     let kind = match spec.scale_target_ref.kind {
         TargetKind::Deployment => "Deployment",
@@ -151,6 +167,10 @@ pub fn spec_for(hta: &HttpAutoscaler, aggregator: &str) -> Result<ScaledObjectSp
         triggers: vec![Trigger {
             type_: "external-push".to_owned(),
             metadata,
+            authentication_ref: authentication.map(|name| AuthenticationRef {
+                name: name.to_owned(),
+                kind: Some("ClusterTriggerAuthentication".to_owned()),
+            }),
         }],
     })
 }
@@ -176,7 +196,7 @@ mod tests {
             "metric": {"type": "requestRate", "target": 2.5, "window": "1m30s"},
             "scaleToZeroAfter": "5m", "pollingInterval": "2s"
         }));
-        let s = spec_for(&h, "agg.inflight.svc:9090").unwrap();
+        let s = spec_for(&h, "agg.inflight.svc:9091", Some("inflight-aggregator")).unwrap();
         assert_eq!(s.scale_target_ref.kind.as_deref(), Some("Deployment"));
         assert_eq!(s.min_replica_count, Some(0));
         assert_eq!(s.max_replica_count, Some(7));
@@ -190,11 +210,16 @@ mod tests {
             [
                 "metric=requestRate",
                 "scaleToZeroAfter=300s",
-                "scalerAddress=agg.inflight.svc:9090",
+                "scalerAddress=agg.inflight.svc:9091",
                 "target=2.5",
                 "window=90s",
                 "workload=deployment/web"
             ]
+        );
+        // KEDA's client certificate, from the cluster-wide authentication.
+        assert_eq!(
+            serde_json::to_value(t).unwrap()["authenticationRef"],
+            serde_json::json!({"name": "inflight-aggregator", "kind": "ClusterTriggerAuthentication"})
         );
     }
 
@@ -204,13 +229,16 @@ mod tests {
             "scaleTargetRef": {"kind": "StatefulSet", "name": "db"},
             "service": {"name": "db", "port": 80}, "maxReplicas": 1
         }));
-        let s = spec_for(&h, "a:9090").unwrap();
+        let s = spec_for(&h, "a:9090", None).unwrap();
         assert_eq!(s.polling_interval, None);
         assert!(!serde_json::to_string(&s)
             .unwrap()
             .contains("pollingInterval"));
         assert_eq!(s.triggers[0].metadata["workload"], "statefulset/db");
         assert!(!s.triggers[0].metadata.contains_key("window"));
+        assert!(!serde_json::to_string(&s)
+            .unwrap()
+            .contains("authenticationRef"));
     }
 
     #[test]
@@ -223,6 +251,7 @@ mod tests {
                     "service": {"name": "web", "port": 80}, "maxReplicas": 1
                 })),
                 "a:1",
+                None,
             )
             .unwrap(),
         );

@@ -97,13 +97,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         controller: "inflight-operator".to_owned(),
         instance: config.leader.identity.clone(),
     };
+    let trigger_authentication =
+        Some(config.certs.trigger_authentication.clone()).filter(|n| !n.is_empty());
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
-        aggregator: aggregator::Aggregator::new(&config.aggregator_address, Duration::from_secs(1)),
+        aggregator: aggregator::Aggregator::new(
+            &config.aggregator_address,
+            config.aggregator_dial.as_deref(),
+            trigger_authentication
+                .as_ref()
+                .map(|_| aggregator::ClientSecret {
+                    secrets: Api::namespaced(client.clone(), &config.certs.keda_namespace),
+                    name: config.certs.keda_client_secret.clone(),
+                }),
+            Duration::from_secs(1),
+        ),
         settings: Settings {
             aggregator_address: config.aggregator_address.clone(),
+            trigger_authentication,
             activator_service: config.activator_service.clone(),
             readyz_timeout: config.readyz_timeout,
             resync: config.resync_interval,

@@ -52,6 +52,8 @@ struct Names {
     webhook: String,
     group: String,
     apiservice: String,
+    /// KEDA's client Secret and the ClusterTriggerAuthentication, the test's own.
+    keda: String,
 }
 
 impl Names {
@@ -61,6 +63,7 @@ impl Names {
         Self {
             webhook: format!("inflight-certs-{ns}"),
             apiservice: format!("v1alpha1.{group}"),
+            keda: format!("inflight-keda-{ns}"),
             group,
             ns,
         }
@@ -83,6 +86,10 @@ impl Names {
             AGGREGATOR_SERVICE,
             "--apiservice",
             &self.apiservice,
+            "--keda-client-secret",
+            &self.keda,
+            "--trigger-authentication",
+            &self.keda,
         ];
         args.extend_from_slice(extra);
         let flags = Cli::parse_from(args).certs;
@@ -114,6 +121,31 @@ impl Drop for Delete<'_> {
             "--ignore-not-found",
             "--wait=false",
         ]);
+    }
+}
+
+/// [`Delete`] for an object of another namespace (KEDA's).
+struct DeleteIn<'a> {
+    tb: &'a TestBed,
+    namespace: &'static str,
+    kind: &'static str,
+    name: String,
+}
+
+impl Drop for DeleteIn<'_> {
+    fn drop(&mut self) {
+        let _ = inflight_testbed::api::kubectl_run(
+            self.tb.layout(),
+            &[
+                "-n",
+                self.namespace,
+                "delete",
+                self.kind,
+                &self.name,
+                "--ignore-not-found",
+                "--wait=false",
+            ],
+        );
     }
 }
 
@@ -197,6 +229,57 @@ fn verifies(bundle_pem: &str, leaf: &[u8], name: &str) -> Result<(), String> {
         )
         .map(drop)
         .map_err(|e| e.to_string())
+}
+
+/// Checks KEDA's client certificate: in KEDA's namespace, ours, trusting `bundle_pem` (so that
+/// KEDA accepts the aggregator's certificate), its certificate a client certificate that a
+/// server trusting `signer_pem` accepts; and the ClusterTriggerAuthentication handing it to KEDA.
+async fn check_keda_client(tb: &TestBed, names: &Names, bundle_pem: &str, signer_pem: &str) {
+    let s = Api::<Secret>::namespaced(tb.client(), "keda")
+        .get(&names.keda)
+        .await
+        .unwrap();
+    assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
+    assert_eq!(entry(&s, "ca.crt"), bundle_pem);
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in ders(signer_pem) {
+        roots.add(CertificateDer::from(ca)).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .unwrap();
+    let leaf = ders(&entry(&s, "tls.crt")).remove(0);
+    verifier
+        .verify_client_cert(&CertificateDer::from(leaf), &[], UnixTime::now())
+        .expect("a client certificate of the signer");
+    let cta = tb
+        .kubectl(&[
+            "get",
+            "clustertriggerauthentication",
+            &names.keda,
+            "-o",
+            "json",
+        ])
+        .unwrap();
+    let cta: serde_json::Value = serde_json::from_str(&cta).unwrap();
+    let refs: Vec<String> = cta["spec"]["secretTargetRef"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{}={}/{}", r["parameter"], r["name"], r["key"]).replace('"', ""))
+        .collect();
+    let k = &names.keda;
+    assert_eq!(
+        refs,
+        [
+            format!("caCert={k}/ca.crt"),
+            format!("tlsClientCert={k}/tls.crt"),
+            format!("tlsClientKey={k}/tls.key")
+        ]
+    );
 }
 
 /// Checks a serving Secret: ours, `kubernetes.io/tls`, the four names of its Service, signed by
@@ -541,10 +624,22 @@ async fn testbed_the_api_server_trusts_the_injector_through_the_bootstrap_renewa
         AGGREGATOR_SERVICE,
         &ca_cert,
     );
-    for s in [CA, INJECTOR_SECRET, AGGREGATOR_SECRET] {
+    for s in [CA, INJECTOR_SECRET, AGGREGATOR_SECRET, &names.keda] {
         let series = format!("inflight_operator_certificates_issued_total{{secret=\"{s}\"}}");
         assert_eq!(metric(&registry, &series), 1.0, "{}", metrics(&registry));
     }
+    let _cta = Delete {
+        tb: &tb,
+        kind: "clustertriggerauthentication",
+        name: names.keda.clone(),
+    };
+    let _keda_secret = DeleteIn {
+        tb: &tb,
+        namespace: "keda",
+        kind: "secret",
+        name: names.keda.clone(),
+    };
+    check_keda_client(&tb, &names, &ca_cert, &ca_cert).await;
     assert!(
         metric(
             &registry,
@@ -660,6 +755,8 @@ async fn testbed_the_api_server_trusts_the_injector_through_the_bootstrap_renewa
         verifies(&ca_cert, &moved_leaf, &dns).is_err(),
         "signed by the new CA only"
     );
+    // KEDA's client certificate moved to the new CA too, and KEDA trusts both meanwhile.
+    check_keda_client(&tb, &names, &both, &new_ca).await;
     assert_injected(
         &tb,
         "the old CA's certificate, still served, is trusted during the overlap",

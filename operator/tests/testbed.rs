@@ -19,21 +19,128 @@ use hyper_util::rt::TokioExecutor;
 use inflight_testbed::{eventually, TestBed};
 use serde_json::json;
 
-/// The test's aggregator, activator stand-in and CRD, ready, in a namespace that enforces the
-/// `restricted` Pod Security Standard; the aggregator's ClusterIP address
-/// (KEDA in the cluster and the operator on this host both reach it).
-async fn base(tb: &TestBed) -> String {
+/// The test's aggregator, activator stand-in and CRD, the activator ready (the aggregator starts
+/// once the operator has made its certificates), in a namespace that enforces the `restricted` Pod
+/// Security Standard; the operator's flags to reach the aggregator: KEDA in the cluster at its
+/// Service's name, the operator on this host at its ClusterIP.
+async fn base(tb: &TestBed) -> Vec<String> {
     // Every pod of these tests (the aggregator, the proxied demo) passes the restricted standard.
     tb.enforce_restricted().await.unwrap();
     install_crd(tb);
     tb.apply(&aggregator(tb)).unwrap();
     tb.apply(&activator()).unwrap();
-    eventually("aggregator and activator ready", 180, || async {
-        (replicas(tb, "inflight-aggregator").1 == 1 && replicas(tb, "activator").1 == 1)
-            .then_some(())
+    eventually("activator ready", 180, || async {
+        (replicas(tb, "activator").1 == 1).then_some(())
     })
     .await;
-    format!("{}:9090", cluster_ip(tb, "inflight-aggregator"))
+    let dial = format!("{}:9091", cluster_ip(tb, "inflight-aggregator"));
+    vec!["--aggregator-dial".to_owned(), dial]
+}
+
+/// The aggregator's scaler port answered KEDA (Ready says so, and the port counts only TLS
+/// connections with a client certificate of the operator's CA as accepted), and refuses a caller
+/// that trusts the same CA and dials the same name but has no client certificate, and a caller
+/// with a certificate of another CA.
+async fn only_keda_reaches_the_scaler(tb: &TestBed) {
+    use inflight_proto::externalscaler::external_scaler_client::ExternalScalerClient;
+    use inflight_proto::externalscaler::ScaledObjectRef;
+    use k8s_openapi::api::core::v1::Secret;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+    let ns = tb.namespace();
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(tb.client(), ns);
+    let ca = secrets.get("inflight-ca").await.unwrap();
+    let data = ca.data.unwrap();
+    let bundle = data["ca.crt"].0.clone();
+    let call = async |identity: Option<Identity>| {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&bundle))
+            .domain_name(format!("inflight-aggregator.{ns}.svc"));
+        if let Some(identity) = identity {
+            tls = tls.identity(identity);
+        }
+        let ip = cluster_ip(tb, "inflight-aggregator");
+        let channel = Endpoint::from_shared(format!("https://{ip}:9091"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(10))
+            .connect_lazy();
+        let reference = ScaledObjectRef {
+            name: "web".into(),
+            namespace: ns.to_owned(),
+            scaler_metadata: [("workload", "deployment/web"), ("target", "2")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        };
+        ExternalScalerClient::new(channel)
+            .get_metric_spec(reference)
+            .await
+    };
+    let none = call(None).await;
+    assert!(none.is_err(), "no client certificate: {none:?}");
+    // A CA of the test's own making (not the operator's) signs this one.
+    let (cert, key) = {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let other = p.self_signed(&key).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_der(other.der(), &key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let leaf = leaf.signed_by(&leaf_key, &issuer).unwrap();
+        (leaf.pem(), leaf_key.serialize_pem())
+    };
+    let foreign = call(Some(Identity::from_pem(cert, key))).await;
+    assert!(foreign.is_err(), "a certificate of another CA: {foreign:?}");
+    // The operator's own client: KEDA's certificate, from the Secret KEDA reads.
+    let keda: kube::Api<Secret> = kube::Api::namespaced(tb.client(), "keda");
+    let keda = keda.get(&format!("inflight-keda-{ns}")).await.unwrap();
+    let keda = keda.data.unwrap();
+    let with = call(Some(Identity::from_pem(
+        &keda["tls.crt"].0,
+        &keda["tls.key"].0,
+    )))
+    .await;
+    assert!(with.is_ok(), "KEDA's certificate: {with:?}");
+
+    let pod_ip = ready_ips(tb, "inflight-aggregator")[0].clone();
+    let metrics = admin_text(&format!("{pod_ip}:15093"), "/metrics").await;
+    let count = |result: &str| {
+        let series =
+            format!("inflight_aggregator_scaler_connections_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(count("refused") >= 2.0, "{metrics}");
+    assert!(count("accepted") >= 2.0, "KEDA's and ours: {metrics}");
+}
+
+/// `GET path` of an admin port, head and body.
+async fn admin_text(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET {path} HTTP/1.0\r\nHost: a\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+fn dial(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// The aggregator ready, once the operator has made its certificates.
+async fn aggregator_ready(tb: &TestBed) {
+    eventually("aggregator ready", 180, || async {
+        (replicas(tb, "inflight-aggregator").1 == 1).then_some(())
+    })
+    .await;
 }
 
 /// The body of a 2xx answer to `GET /` (the demo app names its pod in it).
@@ -74,7 +181,7 @@ impl Load {
                     // and a kept-alive one would stay with the side it first reached.
                     let client = Client::builder(TokioExecutor::new())
                         .pool_max_idle_per_host(0)
-                        .build(HttpConnector::new());
+                        .build(connector());
                     while !stop.load(Ordering::Relaxed) {
                         match body(&client, &ip).await {
                             Some(b) => {
@@ -118,7 +225,16 @@ impl Load {
 }
 
 fn http() -> Client<HttpConnector, Empty<Bytes>> {
-    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+    Client::builder(TokioExecutor::new()).build(connector())
+}
+
+/// A connection to an address nothing answers at (a pod just deleted, kube-proxy not yet
+/// caught up) fails after a while rather than waiting for TCP to give up, so that the callers'
+/// deadlines hold.
+fn connector() -> HttpConnector {
+    let mut c = HttpConnector::new();
+    c.set_connect_timeout(Some(Duration::from_secs(3)));
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +249,8 @@ async fn testbed_httpautoscaler_adopts_the_service_scales_with_keda_and_gives_ev
     })
     .await;
     let rbac = chart_rbac_kubeconfig(&tb);
-    let _operator = Operator::start_with(&tb, rbac, "solo", &["--aggregator-address", &aggregator]);
+    let _operator = Operator::start_with(&tb, rbac, "solo", &dial(&aggregator));
+    aggregator_ready(&tb).await;
     tb.apply(&hta(
         "web",
         "web",
@@ -154,7 +271,16 @@ async fn testbed_httpautoscaler_adopts_the_service_scales_with_keda_and_gives_ev
     .await;
     let trigger = &so["spec"]["triggers"][0];
     assert_eq!(trigger["type"], "external-push");
-    assert_eq!(trigger["metadata"]["scalerAddress"], aggregator.as_str());
+    assert_eq!(
+        trigger["metadata"]["scalerAddress"],
+        format!("inflight-aggregator.{ns}.svc:9091")
+    );
+    // KEDA dials it with the client certificate the operator made, over TLS.
+    assert_eq!(
+        trigger["authenticationRef"],
+        json!({"name": format!("inflight-keda-{ns}"), "kind": "ClusterTriggerAuthentication"})
+    );
+    only_keda_reaches_the_scaler(&tb).await;
     assert_eq!(trigger["metadata"]["workload"], "deployment/web");
     assert_eq!(trigger["metadata"]["target"], "2");
     assert_eq!(so["spec"]["minReplicaCount"], 1);
@@ -341,7 +467,8 @@ async fn testbed_at_zero_the_slice_follows_a_new_activator_and_flips_back_once_a
     let aggregator = base(&tb).await;
     tb.apply(&web(&ns, 0, "10ms")).unwrap();
     let rbac = chart_rbac_kubeconfig(&tb);
-    let _operator = Operator::start_with(&tb, rbac, "solo", &["--aggregator-address", &aggregator]);
+    let _operator = Operator::start_with(&tb, rbac, "solo", &dial(&aggregator));
+    aggregator_ready(&tb).await;
     tb.apply(&hta(
         "web",
         "web",
@@ -379,6 +506,18 @@ async fn testbed_at_zero_the_slice_follows_a_new_activator_and_flips_back_once_a
         let (proxy, _) = slice_ready(&tb, "web-inflight-proxy")?;
         (proxy == second).then_some(())
     })
+    .await;
+    // kube-proxy follows the slice a moment later; until it has, a connection may still go to
+    // the old activator's address, where nothing answers (the load below would wait on it).
+    eventually(
+        "the new activator answering through the Service",
+        60,
+        || async {
+            body(&http(), &ip)
+                .await
+                .filter(|b| b.contains("on activator-"))
+        },
+    )
     .await;
 
     // A wake-up (KEDA told to hold web at one replica, standing in for the activator's push):
@@ -427,7 +566,7 @@ async fn testbed_a_missing_target_or_a_wrong_port_is_a_condition_and_an_event() 
     let tb = TestBed::shared().await.unwrap();
     let ns = tb.namespace().to_owned();
     let aggregator = base(&tb).await;
-    let _operator = Operator::start(&tb, "solo", &["--aggregator-address", &aggregator]);
+    let _operator = Operator::start(&tb, "solo", &dial(&aggregator));
     tb.apply(&hta("web", "web", json!({}))).unwrap();
     eventually("TargetFound False: TargetNotFound", 60, || async {
         let found = condition(&tb, "web", "TargetFound")?;

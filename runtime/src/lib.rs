@@ -1,8 +1,10 @@
 //! What every inflight binary does the same way, in one place: logging, stopping on SIGTERM, the
-//! admin server and the limits of every HTTP server, readiness checks, HTTPS with reloaded certificates (feature
-//! `tls`), poison-tolerant locks, wall-clock milliseconds.
+//! admin server and the limits of every HTTP server, readiness checks, HTTPS with reloaded certificates and client CAs
+//! (feature `tls`), poison-tolerant locks, wall-clock milliseconds.
 
 pub mod admin;
+#[cfg(feature = "tls")]
+pub mod client_ca;
 pub mod http;
 #[cfg(feature = "tls")]
 pub mod https;

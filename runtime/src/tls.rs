@@ -67,7 +67,7 @@ pub fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, Error> {
 
 /// What says a file changed: its modification time and length, through symbolic links (a Secret
 /// volume swaps a `..data` link rather than writing the files in place).
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+pub(crate) fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }
@@ -132,10 +132,27 @@ impl CertFiles {
 
     /// A rustls server configuration that serves the current certificate, offering `alpn`.
     pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, String> {
+        self.config(Arc::new(rustls::server::NoClientAuth), alpn)
+    }
+
+    /// [`CertFiles::server_config`] for clients that must present a certificate `clients` accepts.
+    pub fn mutual_config(
+        self: &Arc<Self>,
+        clients: Arc<crate::client_ca::ClientCaFile>,
+        alpn: &[&[u8]],
+    ) -> Result<rustls::ServerConfig, String> {
+        self.config(clients, alpn)
+    }
+
+    fn config(
+        self: &Arc<Self>,
+        clients: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+        alpn: &[&[u8]],
+    ) -> Result<rustls::ServerConfig, String> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
-            .with_no_client_auth()
+            .with_client_cert_verifier(clients)
             .with_cert_resolver(self.clone());
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(config)

@@ -14,26 +14,71 @@ pub fn template(file: &str) -> PathBuf {
         .join(file)
 }
 
-/// The template `file` rendered for namespace `ns` (the YAML documents, bindings renamed).
+/// The template `file` rendered for namespace `ns`: bindings renamed `<name>-<ns>`, and so are
+/// KEDA's client Secret and ClusterTriggerAuthentication (`inflight-keda`), which tests side by
+/// side each have, and with them the roles that name them or live in another namespace (KEDA's),
+/// and the references to those roles.
 pub fn render_rbac(file: &str, ns: &str) -> Result<String, Error> {
     let path = template(file);
+    let keda = format!("\"inflight-keda-{ns}\"");
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Error::io(&path, e))?
-        .replace("{{ .Release.Namespace }}", ns);
+        .replace("{{ .Release.Namespace }}", ns)
+        .replace("\"inflight-keda\"", &keda);
     if text.contains("{{") {
         return Err(Error::Invalid(format!(
             "{}: a template value the tests cannot render",
             path.display()
         )));
     }
-    let docs: Vec<String> = text
-        .split("\n---\n")
+    let home = format!("\n  namespace: {ns}\n");
+    let kind = |doc: &str| {
+        doc.lines()
+            .find_map(|l| l.strip_prefix("kind: "))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let field = |doc: &str, at: &str| {
+        doc.split_once(at)
+            .and_then(|(_, rest)| rest.lines().next())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // Which role an object is, or a binding refers to: a Role is known by its namespace too.
+    let id = |doc: &str, kind: &str, name: &str| {
+        let namespace = if kind == "Role" {
+            field(doc, "\n  namespace: ")
+        } else {
+            String::new()
+        };
+        format!("{kind}/{namespace}/{name}")
+    };
+    let docs: Vec<&str> = text.split("\n---\n").collect();
+    let own: Vec<String> = docs
+        .iter()
+        .filter(|d| {
+            let k = kind(d);
+            (k == "Role" && d.contains("\n  namespace: ") && !d.contains(&home))
+                || (k.ends_with("Role") && d.contains(&keda))
+        })
+        .map(|d| id(d, &kind(d), &field(d, "\nmetadata:\n  name: ")))
+        .collect();
+    let docs: Vec<String> = docs
+        .iter()
         .map(|doc| {
-            let binding = doc
-                .lines()
-                .any(|l| l.starts_with("kind: ") && l.ends_with("Binding"));
-            let Some(at) = doc.find("\nmetadata:\n  name: ").filter(|_| binding) else {
-                return doc.to_owned();
+            let kind = kind(doc);
+            let name = field(doc, "\nmetadata:\n  name: ");
+            let mut doc = (*doc).to_owned();
+            if let Some((ref_kind, ref_name)) = role_ref(&doc) {
+                if own.contains(&id(&doc, &ref_kind, &ref_name)) {
+                    let from = format!("\n  kind: {ref_kind}\n  name: {ref_name}\n");
+                    let to = format!("\n  kind: {ref_kind}\n  name: {ref_name}-{ns}\n");
+                    doc = doc.replace(&from, &to);
+                }
+            }
+            let renamed = kind.ends_with("Binding") || own.contains(&id(&doc, &kind, &name));
+            let Some(at) = doc.find("\nmetadata:\n  name: ").filter(|_| renamed) else {
+                return doc;
             };
             let start = at + "\nmetadata:\n  name: ".len();
             let end = doc[start..].find('\n').map_or(doc.len(), |e| start + e);
@@ -41,6 +86,42 @@ pub fn render_rbac(file: &str, ns: &str) -> Result<String, Error> {
         })
         .collect();
     Ok(docs.join("\n---\n"))
+}
+
+/// The kind and name of a binding's `roleRef`.
+fn role_ref(doc: &str) -> Option<(String, String)> {
+    let (_, block) = doc.split_once("\nroleRef:\n")?;
+    let value = |key: &str| {
+        block
+            .lines()
+            .take_while(|l| l.starts_with("  "))
+            .find_map(|l| l.trim().strip_prefix(key).map(str::to_owned))
+    };
+    Some((value("kind: ")?, value("name: ")?))
+}
+
+/// The operator's flags for a test in namespace `ns`, beside [`render_rbac`]'s names: its TLS
+/// bootstrap makes the aggregator's certificate and KEDA's client certificate (Secret and
+/// ClusterTriggerAuthentication `inflight-keda-<ns>`), and leaves the cluster's webhook and
+/// APIService, which other tests use, alone. KEDA dials the scaler at its Service's name, which
+/// the certificate is for; an operator on this host must be told where to dial it
+/// (`--aggregator-dial`, the Service's ClusterIP:9091).
+pub fn operator_args(ns: &str) -> Vec<String> {
+    let keda = format!("inflight-keda-{ns}");
+    [
+        "--webhook-configuration",
+        "",
+        "--apiservice",
+        "",
+        "--keda-client-secret",
+        &keda,
+        "--trigger-authentication",
+        &keda,
+        "--aggregator-address",
+        &format!("inflight-aggregator.{ns}.svc:9091"),
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// Applies the rendered `file` for the test's namespace.
@@ -71,5 +152,24 @@ mod tests {
         assert!(text.contains("kind: ClusterRole\nmetadata:\n  name: inflight-aggregator\n"));
         assert!(text.contains("namespace: t-1"));
         assert!(!text.contains("{{"));
+    }
+
+    #[test]
+    fn the_operators_rights_in_kedas_namespace_are_the_tests_own() {
+        let text = render_rbac("operator-rbac.yaml", "t-1").unwrap();
+        assert!(text
+            .contains("kind: Role\nmetadata:\n  name: inflight-operator-t-1\n  namespace: keda\n"));
+        assert!(
+            text.contains("kind: Role\nmetadata:\n  name: inflight-operator\n  namespace: t-1\n")
+        );
+        assert!(text.contains("  kind: Role\n  name: inflight-operator-t-1\n"));
+        assert!(text.contains("resourceNames: [\"inflight-keda-t-1\"]"));
+        assert!(!text.contains("\"inflight-keda\""));
+        // The cluster-wide rules that name the test's ClusterTriggerAuthentication are its own,
+        // and so is their binding's reference; the operator's other rules are shared.
+        assert!(text.contains("kind: ClusterRole\nmetadata:\n  name: inflight-operator-keda-t-1\n"));
+        assert!(text.contains("  kind: ClusterRole\n  name: inflight-operator-keda-t-1\n"));
+        assert!(text.contains("kind: ClusterRole\nmetadata:\n  name: inflight-operator\n"));
+        assert!(text.contains("  kind: ClusterRole\n  name: inflight-operator\n"));
     }
 }

@@ -81,8 +81,40 @@ pub fn proxied_demo(ns: &str, name: &str, replicas: i32, latency: &str) -> Value
 
 /// One aggregator under the chart's ServiceAccount (`chart::apply_rbac(tb,
 /// "aggregator-rbac.yaml")` first), with `args`; the Service KEDA calls and the headless one the
-/// proxies and activators resolve to each replica (warming-up replicas too). Never injected.
+/// proxies and activators resolve to each replica (warming-up replicas too). Never injected. Its
+/// scaler port (9091) is mutual TLS with the operator's certificates: its serving Secret
+/// `inflight-aggregator-tls`, and the client CAs of `inflight-ca`, so the pod starts once an
+/// operator's TLS bootstrap has written them in the namespace.
 pub fn aggregator(args: &[&str]) -> Value {
+    let mut all = vec![
+        "--tls-cert",
+        "/var/run/secrets/inflight.dev/tls/tls.crt",
+        "--tls-key",
+        "/var/run/secrets/inflight.dev/tls/tls.key",
+        "--scaler-client-ca",
+        "/var/run/secrets/inflight.dev/client-ca/ca.crt",
+    ];
+    all.extend_from_slice(args);
+    let mut list = aggregator_plaintext(&all);
+    let pod = &mut list["items"][0]["spec"]["template"]["spec"];
+    pod["volumes"] = json!([
+        {"name": "tls", "secret": {"secretName": "inflight-aggregator-tls"}},
+        {"name": "client-ca", "secret": {"secretName": "inflight-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]);
+    pod["containers"][0]["volumeMounts"] = json!([
+        {"name": "tls", "mountPath": "/var/run/secrets/inflight.dev/tls", "readOnly": true},
+        {"name": "client-ca", "mountPath": "/var/run/secrets/inflight.dev/client-ca", "readOnly": true}]);
+    list
+}
+
+/// [`aggregator`] with the scaler port in plaintext (`--scaler-auth none`) and no Secrets, for
+/// tests without an operator whose subject is not who calls the scaler.
+pub fn aggregator_plaintext(args: &[&str]) -> Value {
+    let mut all = if args.contains(&"--scaler-client-ca") {
+        vec![]
+    } else {
+        vec!["--scaler-auth", "none"]
+    };
+    all.extend_from_slice(args);
     json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "inflight-aggregator"},
          "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "inflight-aggregator"}},
@@ -90,12 +122,12 @@ pub fn aggregator(args: &[&str]) -> Value {
                                      "annotations": {"inflight.dev/inject": "disabled"}},
              "spec": {"serviceAccountName": "inflight-aggregator", "containers": [{
                "name": "aggregator", "image": image_ref("inflight-aggregator"), "imagePullPolicy": "Never",
-               "args": args,
-               "ports": [{"containerPort": 9090, "name": "grpc"}],
+               "args": all,
+               "ports": [{"containerPort": 9090, "name": "grpc"}, {"containerPort": 9091, "name": "scaler"}],
                "securityContext": restricted(),
                "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15093}, "periodSeconds": 1}}]}}}},
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator"},
-         "spec": {"selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}},
+         "spec": {"selector": {"app": "inflight-aggregator"}, "ports": [{"name": "scaler", "port": 9091}]}},
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator-ingest"},
          "spec": {"clusterIP": "None", "publishNotReadyAddresses": true,
                   "selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}}
@@ -170,18 +202,24 @@ pub fn injector(cert: &str, key: &str, aggregator: &str) -> Value {
 }
 
 /// The operator as a pod under the chart's ServiceAccount (`chart::apply_rbac(tb,
-/// "operator-rbac.yaml")` first), reconciling namespace `ns` only, with its Lease there, the
-/// activators of [`activators`] and the aggregator at `aggregator_address` (`HOST:PORT`). It
-/// leaves the cluster's webhook and APIService alone (`--tls-bootstrap false`): other tests use
-/// them.
-pub fn operator(ns: &str, aggregator_address: &str) -> Value {
+/// "operator-rbac.yaml")` first), reconciling namespace `ns` only, with its Lease there and the
+/// activators of [`activators`]; its TLS bootstrap as the tests run it
+/// ([`crate::chart::operator_args`]: the aggregator's and KEDA's certificates under the test's own
+/// names, the cluster's webhook and APIService, which other tests use, left alone).
+pub fn operator(ns: &str) -> Value {
     let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
+    let mut args = vec![
+        "--watch-namespace".to_owned(),
+        ns.to_owned(),
+        "--activator-service".to_owned(),
+        format!("{ns}/{ACTIVATOR}"),
+    ];
+    args.extend(crate::chart::operator_args(ns));
     let pod = json!({
         "serviceAccountName": "inflight-operator",
         "containers": [{
             "name": "operator", "image": image_ref("inflight-operator"), "imagePullPolicy": "Never",
-            "args": ["--watch-namespace", ns, "--activator-service", format!("{ns}/{ACTIVATOR}"),
-                     "--aggregator-address", aggregator_address, "--tls-bootstrap", "false"],
+            "args": args,
             "env": [{"name": "POD_NAME", "valueFrom": field("metadata.name")},
                     {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")}],
             "ports": [{"containerPort": 15094, "name": "admin"}],

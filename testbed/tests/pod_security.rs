@@ -144,11 +144,8 @@ async fn testbed_every_component_is_admitted_and_ready_where_restricted_is_enfor
     tb.apply(&manifests::activators(&ns, &ingest)).unwrap();
     tb.apply(&manifests::injector(&cert, &key, &ingest))
         .unwrap();
-    tb.apply(&manifests::operator(
-        &ns,
-        &format!("inflight-aggregator.{ns}.svc:9090"),
-    ))
-    .unwrap();
+    // The aggregator starts once the operator's bootstrap has made its certificates.
+    tb.apply(&manifests::operator(&ns)).unwrap();
     tb.apply(&manifests::proxied_demo(&ns, "hand", 1, "0ms"))
         .unwrap();
     let expected = [

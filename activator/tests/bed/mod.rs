@@ -358,30 +358,28 @@ pub async fn injector(tb: &TestBed, aggregator: &str) -> (Background, SocketAddr
     (running, admin)
 }
 
-/// The operator, reconciling the test's namespace, with the activator Service of the test.
-pub fn operator(tb: &TestBed, aggregator_address: &str) -> Background {
+/// The operator, reconciling the test's namespace, with the activator Service of the test; its
+/// TLS bootstrap makes the aggregator's certificates and KEDA's client certificate.
+pub fn operator(tb: &TestBed, aggregator_dial: &str) -> Background {
     let ns = tb.namespace();
-    let config = inflight_operator::Config::try_parse_from([
-        "inflight-operator",
-        "--admin-listen",
-        &format!("127.0.0.1:{}", free_port()),
-        "--watch-namespace",
-        ns,
-        "--namespace",
-        ns,
-        "--identity",
-        "activator-testbed",
-        "--activator-service",
-        &format!("{ns}/{ACTIVATOR}"),
-        "--aggregator-address",
-        aggregator_address,
-        "--resync-interval",
-        "10s",
-        // The cluster's webhook and APIService are other tests' business.
-        "--tls-bootstrap",
-        "false",
-    ])
-    .unwrap();
+    let mut args = vec![
+        "inflight-operator".to_owned(),
+        "--admin-listen".to_owned(),
+        format!("127.0.0.1:{}", free_port()),
+        "--watch-namespace".to_owned(),
+        ns.to_owned(),
+        "--namespace".to_owned(),
+        ns.to_owned(),
+        "--identity".to_owned(),
+        "activator-testbed".to_owned(),
+        "--activator-service".to_owned(),
+        format!("{ns}/{ACTIVATOR}"),
+        "--resync-interval".to_owned(),
+        "10s".to_owned(),
+    ];
+    args.extend(inflight_testbed::chart::operator_args(ns));
+    args.extend(["--aggregator-dial".to_owned(), aggregator_dial.to_owned()]);
+    let config = inflight_operator::Config::try_parse_from(args).unwrap();
     Background::start("inflight-operator", move |shutdown| {
         inflight_operator::run(config, shutdown)
     })
@@ -396,7 +394,8 @@ pub struct Scene {
     pub web: SocketAddr,
     /// What a client in the cluster would send as Host.
     pub host: String,
-    /// The aggregator pod's admin port (its gRPC port, 9090, is on the same IP).
+    /// The aggregator pod's admin port (its ingest port, 9090, and scaler port, 9091, are on the
+    /// same IP).
     pub aggregator_admin: SocketAddr,
     /// The injector's admin port (in this process).
     pub injector_admin: SocketAddr,
@@ -460,16 +459,18 @@ impl Scene {
         .unwrap();
         tb.apply(&activators(&ns, &ingest)).unwrap();
         tb.apply(&web(gated, latency)).unwrap();
+        // The operator first: the aggregator starts once it has its certificates.
+        let aggregator_dial = format!("{}:9091", cluster_ip(tb, "inflight-aggregator"));
+        scene.operator = Some(operator(&scene.tb, &aggregator_dial));
+        let tb = &scene.tb;
         eventually("the aggregator and two activators ready", 180, || async {
             (replicas(tb, "inflight-aggregator").1 == 1 && replicas(tb, ACTIVATOR).1 == 2)
                 .then_some(())
         })
         .await;
         let aggregator_ip = ready_pods(tb, "inflight-aggregator")[0].1.clone();
-        let aggregator_address = format!("{}:9090", cluster_ip(tb, "inflight-aggregator"));
         scene.web = at(&cluster_ip(tb, "web"), 80);
         scene.aggregator_admin = at(&aggregator_ip, 15093);
-        scene.operator = Some(operator(&scene.tb, &aggregator_address));
         scene.tb.apply(&hta(spec)).unwrap();
         eventually("a ScaledObject KEDA calls Ready", 180, || async {
             let so = get(&scene.tb, &["scaledobject/web"])?;

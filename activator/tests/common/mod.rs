@@ -356,13 +356,30 @@ pub fn cold_start_ms(headers: &http::HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// The real aggregator, in this process on a thread of its own: its gRPC address.
-pub fn start_aggregator() -> SocketAddr {
-    let (grpc, smi, admin) = (local(free_port()), local(free_port()), local(free_port()));
+/// The real aggregator's addresses: where reports go, and where KEDA calls.
+#[derive(Debug, Clone, Copy)]
+pub struct Aggregator {
+    pub ingest: SocketAddr,
+    pub scaler: SocketAddr,
+}
+
+/// The real aggregator, in this process on a thread of its own, its scaler port plaintext (who
+/// may call it is the aggregator's and the operator's tests' to show).
+pub fn start_aggregator() -> Aggregator {
+    let (grpc, scaler, smi, admin) = (
+        local(free_port()),
+        local(free_port()),
+        local(free_port()),
+        local(free_port()),
+    );
     let config = inflight_aggregator::Config::try_parse_from([
         "inflight-aggregator",
         "--grpc-listen",
         &grpc.to_string(),
+        "--scaler-listen",
+        &scaler.to_string(),
+        "--scaler-auth",
+        "none",
         "--smi-listen",
         &smi.to_string(),
         "--admin-listen",
@@ -391,7 +408,10 @@ pub fn start_aggregator() -> SocketAddr {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    grpc
+    Aggregator {
+        ingest: grpc,
+        scaler,
+    }
 }
 
 /// The ScaledObject KEDA would send for the Deployment `name` of `shop` (what the operator

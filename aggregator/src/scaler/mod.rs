@@ -8,6 +8,7 @@
 
 pub mod metadata;
 pub mod push;
+pub mod tls;
 
 use std::sync::Arc;
 

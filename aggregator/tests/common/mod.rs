@@ -31,7 +31,10 @@ pub async fn admin_get(addr: SocketAddr, path: &str) -> String {
 /// The `inflight-aggregator` binary, killed when dropped.
 pub struct Aggregator {
     pub child: Child,
+    /// `Ingest`.
     pub grpc: SocketAddr,
+    /// KEDA's external scaler.
+    pub scaler: SocketAddr,
     pub admin: SocketAddr,
 }
 
@@ -45,7 +48,8 @@ impl Aggregator {
     }
 
     pub fn start_with_env(grpc: SocketAddr, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        // No cluster, so no TokenReview: tests/ingest_auth.rs is where reports are authenticated.
+        // No cluster, so no TokenReview: tests/ingest_auth.rs is where reports are authenticated;
+        // and no operator's certificates: tests/scaler_tls.rs is where KEDA's are checked.
         let mut command = Command::new(env!("CARGO_BIN_EXE_inflight-aggregator"));
         command
             .envs(env.iter().copied())
@@ -63,7 +67,10 @@ impl Aggregator {
     }
 
     fn spawn(mut command: Command, grpc: SocketAddr, extra: &[&str]) -> Self {
-        // A port just released may be handed out again at once: three distinct ones.
+        if !extra.contains(&"--scaler-auth") {
+            command.args(["--scaler-auth", "none"]);
+        }
+        // A port just released may be handed out again at once: four distinct ones.
         let other = |taken: &[u16]| loop {
             let p = free_port();
             if !taken.contains(&p) {
@@ -71,11 +78,14 @@ impl Aggregator {
             }
         };
         let admin = SocketAddr::from(([127, 0, 0, 1], other(&[grpc.port()])));
-        let smi = other(&[grpc.port(), admin.port()]);
+        let scaler = SocketAddr::from(([127, 0, 0, 1], other(&[grpc.port(), admin.port()])));
+        let smi = other(&[grpc.port(), admin.port(), scaler.port()]);
         let child = command
             .args([
                 "--grpc-listen",
                 &grpc.to_string(),
+                "--scaler-listen",
+                &scaler.to_string(),
                 "--admin-listen",
                 &admin.to_string(),
             ])
@@ -86,7 +96,12 @@ impl Aggregator {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let a = Self { child, grpc, admin };
+        let a = Self {
+            child,
+            grpc,
+            scaler,
+            admin,
+        };
         a.wait_ready();
         a
     }
@@ -94,6 +109,7 @@ impl Aggregator {
     fn wait_ready(&self) {
         let until = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(self.grpc).is_err()
+            || std::net::TcpStream::connect(self.scaler).is_err()
             || std::net::TcpStream::connect(self.admin).is_err()
         {
             assert!(
@@ -106,8 +122,14 @@ impl Aggregator {
         }
     }
 
+    /// Where reports go.
     pub fn url(&self) -> String {
         format!("http://{}", self.grpc)
+    }
+
+    /// Where KEDA calls (plaintext: `--scaler-auth none`).
+    pub fn scaler_url(&self) -> String {
+        format!("http://{}", self.scaler)
     }
 
     /// `/metrics`, as text.

@@ -101,8 +101,10 @@ impl Smi {
         let local = |p: u16| format!("127.0.0.1:{p}");
         let child = Command::new(env!("CARGO_BIN_EXE_inflight-aggregator"))
             .args(["--grpc-listen", &local(free_port())])
-            // These tests are the SMI API's; report streams are tests/ingest_auth.rs's.
-            .args(["--ingest-auth", "none"])
+            .args(["--scaler-listen", &local(free_port())])
+            // These tests are the SMI API's; report streams are tests/ingest_auth.rs's, the
+            // scaler's callers tests/scaler_tls.rs's.
+            .args(["--ingest-auth", "none", "--scaler-auth", "none"])
             .args(["--admin-listen", &admin.to_string()])
             .args(["--smi-listen", &addr.to_string()])
             .arg("--tls-cert")

@@ -171,6 +171,19 @@ impl Injector {
         send(&mut sender, method, path, body).await
     }
 
+    /// [`Injector::call`], for a body the injector may refuse before it has all been sent: the
+    /// refusal can then arrive as a reset connection rather than as its answer.
+    pub async fn try_call(
+        &self,
+        ca_pem: &str,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, String), hyper::Error> {
+        let mut sender = self.connect(ca_pem).await;
+        try_send(&mut sender, method, path, body).await
+    }
+
     /// An AdmissionReview of creating `pod`, POSTed to `/mutate`: (status, body).
     pub async fn review(&self, ca_pem: &str, pod: &serde_json::Value) -> (u16, String) {
         self.call(
@@ -219,6 +232,15 @@ pub async fn send(
     path: &str,
     body: Vec<u8>,
 ) -> (u16, String) {
+    try_send(sender, method, path, body).await.unwrap()
+}
+
+pub async fn try_send(
+    sender: &mut SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(u16, String), hyper::Error> {
     let request = hyper::Request::builder()
         .method(method)
         .uri(path)
@@ -226,10 +248,10 @@ pub async fn send(
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
         .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 pub fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {

@@ -1,5 +1,6 @@
-//! The bootstrap's reads and writes: Secrets in the operator's namespace, the caBundle of every
-//! webhook of a MutatingWebhookConfiguration and of an APIService. Every write is a server-side
+//! The bootstrap's reads and writes: Secrets in the operator's namespace and KEDA's, the caBundle
+//! of every webhook of a MutatingWebhookConfiguration and of an APIService, and the
+//! ClusterTriggerAuthentication that gives KEDA its client certificate. Every write is a server-side
 //! apply by the field manager `inflight-operator`, made only when something differs, and carries
 //! the resourceVersion read, so it neither creates what vanished nor overwrites what changed since
 //! (the API server answers 409 and the next pass reads again).
@@ -107,4 +108,49 @@ pub async fn trust_apiservice(
     });
     api.patch(name, &apply(), &Patch::Apply(&body)).await?;
     Ok(Trust::Written)
+}
+
+/// The ClusterTriggerAuthentication `name`, handing KEDA the `caCert`, `tlsClientCert` and
+/// `tlsClientKey` of Secret `secret` (in KEDA's own namespace, where KEDA reads the Secrets of
+/// cluster-wide authentications). `Missing`: KEDA's CRD is not installed.
+pub async fn put_trigger_authentication(
+    client: &Client,
+    name: &str,
+    secret: &str,
+) -> Result<Trust, kube::Error> {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "keda.sh",
+        "v1alpha1",
+        "ClusterTriggerAuthentication",
+    ));
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let refs = [
+        ("caCert", super::stored::CA_CRT),
+        ("tlsClientCert", super::stored::TLS_CRT),
+        ("tlsClientKey", super::stored::TLS_KEY),
+    ];
+    let spec = json!({"secretTargetRef": refs
+        .iter()
+        .map(|(parameter, key)| json!({"parameter": parameter, "name": secret, "key": key}))
+        .collect::<Vec<_>>()});
+    let current = match api.get_opt(name).await {
+        Ok(current) => current,
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(Trust::Missing),
+        Err(e) => return Err(e),
+    };
+    if current.as_ref().and_then(|c| c.data.get("spec")) == Some(&spec) {
+        return Ok(Trust::Unchanged);
+    }
+    let body = json!({
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ClusterTriggerAuthentication",
+        "metadata": {"name": name, "labels": {MANAGED_BY: FIELD_MANAGER}},
+        "spec": spec,
+    });
+    match api.patch(name, &apply(), &Patch::Apply(&body)).await {
+        Ok(_) => Ok(Trust::Written),
+        // No such kind: KEDA's CRDs are not installed (yet).
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Trust::Missing),
+        Err(e) => Err(e),
+    }
 }

@@ -9,9 +9,10 @@ use super::plan::Policy;
 const MINUTE: u64 = 60;
 const DAY: u64 = 86_400;
 
-/// TLS bootstrap: a CA of the operator's own and the serving certificates of the injector's webhook
-/// and the aggregator's APIService, kept in Secrets of the operator's namespace and renewed before
-/// they expire. Off when cert-manager (or anyone else) supplies those Secrets.
+/// TLS bootstrap: a CA of the operator's own, the serving certificates of the injector's webhook
+/// and the aggregator (its APIService and its scaler port), kept in Secrets of the operator's
+/// namespace, and KEDA's client certificate for the scaler port in KEDA's namespace, all renewed
+/// before they expire. Off when cert-manager (or anyone else) supplies those Secrets.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CertFlags {
     /// Make and renew the certificates (`false`: cert-manager or another tool supplies the
@@ -32,11 +33,13 @@ pub struct CertFlags {
     #[arg(long, env = "INFLIGHT_INJECTOR_SERVICE", default_value = "inflight-injector", value_parser = dns_label)]
     pub injector_service: String,
 
-    /// The MutatingWebhookConfiguration whose webhooks get the CA bundle.
-    #[arg(long, env = "INFLIGHT_WEBHOOK_CONFIGURATION", default_value = "inflight-injector", value_parser = dns_subdomain)]
+    /// The MutatingWebhookConfiguration whose webhooks get the CA bundle (empty: no injector, so
+    /// no injector certificate either).
+    #[arg(long, env = "INFLIGHT_WEBHOOK_CONFIGURATION", default_value = "inflight-injector", value_parser = optional_subdomain)]
     pub webhook_configuration: String,
 
-    /// The aggregator's serving certificate Secret (`kubernetes.io/tls`), for its SMI API.
+    /// The aggregator's serving certificate Secret (`kubernetes.io/tls`), for its SMI API and its
+    /// scaler port.
     #[arg(long, env = "INFLIGHT_AGGREGATOR_SECRET", default_value = "inflight-aggregator-tls", value_parser = dns_subdomain)]
     pub aggregator_secret: String,
 
@@ -44,9 +47,26 @@ pub struct CertFlags {
     #[arg(long, env = "INFLIGHT_AGGREGATOR_SERVICE", default_value = "inflight-aggregator", value_parser = dns_label)]
     pub aggregator_service: String,
 
-    /// The APIService whose `spec.caBundle` gets the CA bundle.
-    #[arg(long, env = "INFLIGHT_APISERVICE", default_value = "v1alpha1.metrics.smi-spec.io", value_parser = dns_subdomain)]
+    /// The APIService whose `spec.caBundle` gets the CA bundle (empty: the SMI API is not
+    /// registered; the aggregator still gets its certificate, for the scaler port).
+    #[arg(long, env = "INFLIGHT_APISERVICE", default_value = "v1alpha1.metrics.smi-spec.io", value_parser = optional_subdomain)]
     pub apiservice: String,
+
+    /// KEDA's namespace: where KEDA reads the Secrets of ClusterTriggerAuthentications (its
+    /// `KEDA_CLUSTER_OBJECT_NAMESPACE`), so where KEDA's client certificate goes.
+    #[arg(long, env = "INFLIGHT_KEDA_NAMESPACE", default_value = "keda", value_parser = dns_label)]
+    pub keda_namespace: String,
+
+    /// The Secret in `--keda-namespace` with KEDA's client certificate for the aggregator's scaler
+    /// port (`tls.crt`, `tls.key`) and the CAs KEDA trusts it by (`ca.crt`).
+    #[arg(long, env = "INFLIGHT_KEDA_CLIENT_SECRET", default_value = "inflight-keda", value_parser = dns_subdomain)]
+    pub keda_client_secret: String,
+
+    /// The ClusterTriggerAuthentication every ScaledObject's trigger names, which hands KEDA that
+    /// Secret (empty: none, and the aggregator's scaler port must be plaintext,
+    /// `--scaler-auth none`).
+    #[arg(long, env = "INFLIGHT_TRIGGER_AUTHENTICATION", default_value = "inflight-keda", value_parser = optional_subdomain)]
+    pub trigger_authentication: String,
 
     /// Lifetime of a serving certificate (1m to 3650d).
     #[arg(long, env = "INFLIGHT_CERT_VALIDITY", default_value = "90d", value_parser = cert_validity)]
@@ -170,6 +190,15 @@ fn dns_label(text: &str) -> Result<String, String> {
     }
 }
 
+/// A DNS subdomain, or nothing.
+fn optional_subdomain(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Ok(String::new())
+    } else {
+        dns_subdomain(text)
+    }
+}
+
 /// A DNS subdomain (RFC 1123): what a Secret, a MutatingWebhookConfiguration and an APIService
 /// are named.
 fn dns_subdomain(text: &str) -> Result<String, String> {
@@ -206,6 +235,19 @@ mod tests {
         assert_eq!(f.injector_secret, "inflight-injector-tls");
         assert_eq!(f.webhook_configuration, "inflight-injector");
         assert_eq!(f.apiservice, "v1alpha1.metrics.smi-spec.io");
+        assert_eq!(
+            (
+                f.keda_namespace.as_str(),
+                f.keda_client_secret.as_str(),
+                f.trigger_authentication.as_str()
+            ),
+            ("keda", "inflight-keda", "inflight-keda")
+        );
+        let none = parse(&["--apiservice", "", "--webhook-configuration", ""]).unwrap();
+        assert_eq!(
+            (none.apiservice, none.webhook_configuration),
+            (String::new(), String::new())
+        );
         let p = f.policy().unwrap();
         assert_eq!(p.cert_validity, 90 * 86_400);
         assert_eq!(p.renew_before, 30 * 86_400);

@@ -1,9 +1,12 @@
 //! TLS bootstrap: unless cert-manager supplies them (`--tls-bootstrap false`), the operator makes
-//! a CA of its own and the serving certificates of the injector's webhook and the aggregator's
-//! APIService, keeps them in Secrets of its namespace (`kubernetes.io/tls`: `tls.crt`, `tls.key`,
-//! `ca.crt`), sets the CA bundle in the webhooks' and the APIService's `caBundle`, and renews them
-//! before they expire. The injector and the aggregator read their files again when the kubelet
-//! updates the Secret volumes, so a renewal restarts nothing.
+//! a CA of its own and the serving certificates of the injector's webhook and the aggregator (its
+//! APIService and its scaler port), keeps them in Secrets of its namespace (`kubernetes.io/tls`:
+//! `tls.crt`, `tls.key`, `ca.crt`), sets the CA bundle in the webhooks' and the APIService's
+//! `caBundle`, and renews them before they expire. KEDA gets a client certificate of the same CA
+//! for the scaler port, in a Secret of KEDA's namespace with the bundle as its `ca.crt`, through a
+//! ClusterTriggerAuthentication; the aggregator accepts clients of the bundle's CAs. The injector
+//! and the aggregator read their files again when the kubelet updates the Secret volumes, so a
+//! renewal restarts nothing.
 //!
 //! A pass walks down: `stored` reads the Secrets, `plan` says what is due and which CAs the
 //! bundle trusts, `pki` makes what is due, `cluster` writes it (the CA's Secret first, then per
@@ -31,6 +34,9 @@ pub use pki::IssueError;
 use pki::{join_pem, Cert, KeyedCert};
 use plan::{Due, Policy};
 use stored::Read;
+
+/// The common name of KEDA's client certificate.
+pub const KEDA_CLIENT_NAME: &str = "keda";
 
 /// The longest wait between two attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -61,6 +67,8 @@ pub enum Error {
 enum Truster<'a> {
     Webhooks(&'a str),
     ApiService(&'a str),
+    /// Nothing registered to set a bundle in (`--apiservice ""`).
+    Nobody,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -127,20 +135,31 @@ impl Bootstrap {
         }
     }
 
-    fn targets(&self) -> [Target<'_>; 2] {
+    fn targets(&self) -> Vec<Target<'_>> {
         let f = &self.flags;
-        [
-            Target {
+        let mut targets = Vec::with_capacity(2);
+        if !f.webhook_configuration.is_empty() {
+            targets.push(Target {
                 secret: &f.injector_secret,
                 service: &f.injector_service,
                 truster: Truster::Webhooks(&f.webhook_configuration),
+            });
+        }
+        targets.push(Target {
+            secret: &f.aggregator_secret,
+            service: &f.aggregator_service,
+            truster: if f.apiservice.is_empty() {
+                Truster::Nobody
+            } else {
+                Truster::ApiService(&f.apiservice)
             },
-            Target {
-                secret: &f.aggregator_secret,
-                service: &f.aggregator_service,
-                truster: Truster::ApiService(&f.apiservice),
-            },
-        ]
+        });
+        targets
+    }
+
+    /// Whether KEDA gets a client certificate (a trigger authentication is named).
+    fn keda_client(&self) -> bool {
+        !self.flags.trigger_authentication.is_empty()
     }
 
     /// Runs [`Bootstrap::ensure`] for ever: after a pass, when the next is due; after a failure,
@@ -202,6 +221,16 @@ impl Bootstrap {
             });
         }
 
+        let keda_secrets: Api<Secret> =
+            Api::namespaced(self.client.clone(), &self.flags.keda_namespace);
+        let keda_name = self.flags.keda_client_secret.as_str();
+        let keda_secret = if self.keda_client() {
+            self.get(&keda_secrets, keda_name).await?
+        } else {
+            None
+        };
+        let keda_read = self.read(keda_name, keda_secret.as_ref());
+
         // The CA, made anew if due.
         let (ca, new_ca) = match (plan::ca_due(&ca_read, now, p), ca_read.stored()) {
             (None, Some(s)) => (s.pair.clone(), None),
@@ -241,10 +270,41 @@ impl Bootstrap {
             }
         }
 
-        let served: Vec<&Cert> = steps.iter().filter_map(|s| s.read.cert()).collect();
+        // KEDA's client certificate, made in memory if due.
+        let mut keda_fresh = None;
+        if self.keda_client() {
+            if let Some(why) = plan::serving_due(&keda_read, &ca.cert, &[], now, p) {
+                match pki::new_client(&ca, KEDA_CLIENT_NAME, now, p.cert_validity) {
+                    Ok(fresh) => {
+                        tracing::info!(secret = keda_name, reason = %why, "making a new client certificate for KEDA");
+                        keda_fresh = Some(fresh);
+                    }
+                    Err(source) => {
+                        self.metrics.error(Kind::Issue);
+                        failures.push(Error::Issue {
+                            secret: keda_name.to_owned(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        let keda_pair = keda_fresh
+            .as_ref()
+            .or(keda_read.stored().map(|s| &s.pair))
+            .filter(|_| self.keda_client());
+
+        // A CA stays in the bundle while a certificate of it is in use, the client's too: the
+        // aggregator trusts KEDA's certificate by the same bundle.
+        let served: Vec<&Cert> = steps
+            .iter()
+            .filter_map(|s| s.read.cert())
+            .chain(keda_read.cert().filter(|_| self.keda_client()))
+            .collect();
         let after: Vec<&Cert> = steps
             .iter()
             .filter_map(|s| s.fresh.as_ref().map(|f| &f.cert).or(s.read.cert()))
+            .chain(keda_pair.map(|p| &p.cert))
             .collect();
         let bundle = plan::bundle(&ca.cert, &earlier, &served, &after, now, p);
         let bundle_pem = join_pem(&bundle);
@@ -312,6 +372,46 @@ impl Bootstrap {
             }
         }
 
+        if let Some(pair) = keda_pair {
+            // KEDA checks the aggregator's certificate by the bundle, which may hold a CA being
+            // replaced; the client certificate is always of the current CA.
+            let data = stored::data(pair, &bundle);
+            match cluster::put_secret(&keda_secrets, keda_name, keda_secret.as_ref(), &data).await {
+                Ok(wrote) => {
+                    if keda_fresh.is_some() {
+                        self.metrics.issued(keda_name);
+                        tracing::info!(secret = keda_name, namespace = %self.flags.keda_namespace, "KEDA's client certificate written");
+                    } else if wrote {
+                        tracing::info!(secret = keda_name, "KEDA's trusted CAs changed");
+                    }
+                    self.metrics
+                        .expires_in(keda_name, pair.cert.not_after - now);
+                }
+                Err(e) => failures.push(self.api_error("writing", "Secret", keda_name, e)),
+            }
+            let name = self.flags.trigger_authentication.as_str();
+            match cluster::put_trigger_authentication(&self.client, name, keda_name).await {
+                Ok(cluster::Trust::Missing) => {
+                    self.metrics.error(Kind::Missing);
+                    tracing::warn!(
+                        name,
+                        "KEDA's ClusterTriggerAuthentication kind is not installed: KEDA cannot \
+                         be given its client certificate until it is"
+                    );
+                }
+                Ok(cluster::Trust::Unchanged) => {}
+                Ok(cluster::Trust::Written) => {
+                    tracing::info!(name, "ClusterTriggerAuthentication written");
+                }
+                Err(e) => failures.push(self.api_error(
+                    "writing",
+                    "ClusterTriggerAuthentication",
+                    name,
+                    e,
+                )),
+            }
+        }
+
         if !failures.is_empty() {
             return Err(Error::Incomplete(failures));
         }
@@ -353,6 +453,7 @@ impl Bootstrap {
                 name,
                 cluster::trust_apiservice(&self.client, name, bundle).await,
             ),
+            Truster::Nobody => return Ok(()),
         };
         match outcome {
             Ok(cluster::Trust::Missing) => {

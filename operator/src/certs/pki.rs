@@ -1,6 +1,6 @@
-//! Certificates made and read: a CA, serving certificates it signs, and what the bootstrap looks
-//! at in a PEM it is given (validity, DNS names, whether it is a CA, who signed it). Times are Unix
-//! seconds; nothing here reads the clock.
+//! Certificates made and read: a CA, the serving and client certificates it signs, and what the
+//! bootstrap looks at in a PEM it is given (validity, DNS names, whether it is a CA, who signed
+//! it). Times are Unix seconds; nothing here reads the clock.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -200,6 +200,34 @@ pub fn new_serving(
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = at(now.saturating_sub(BACKDATE_SECS)).into();
+    params.not_after = at(now.saturating_add(validity_secs).min(ca.cert.not_after)).into();
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(KeyedCert {
+        cert: Cert::from_pem(&cert.pem()).map_err(IssueError::Readback)?,
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// A client certificate of `ca` for `common_name` (no DNS names), as KEDA presents it to the
+/// aggregator's scaler port.
+pub fn new_client(
+    ca: &KeyedCert,
+    common_name: &str,
+    now: i64,
+    validity_secs: i64,
+) -> Result<KeyedCert, IssueError> {
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert.pem, KeyPair::from_pem(&ca.key_pem)?)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "inflight");
+    name.push(DnType::CommonName, common_name);
+    params.distinguished_name = name;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
     params.not_before = at(now.saturating_sub(BACKDATE_SECS)).into();
     params.not_after = at(now.saturating_add(validity_secs).min(ca.cert.not_after)).into();

@@ -63,9 +63,10 @@ impl Operator {
             ])
             .args(["--activator-service", &format!("{ns}/activator")])
             .args(["--resync-interval", "10s"])
-            // Certificates have their own test (certs.rs); here the operator must not touch the
-            // cluster's webhook and APIService, which other tests use.
-            .args(["--tls-bootstrap", "false"])
+            // The bootstrap makes the aggregator's certificates and KEDA's client certificate
+            // under the test's own names, and leaves the cluster's webhook and APIService (which
+            // other tests use) alone; certs.rs tests the bootstrap itself.
+            .args(inflight_testbed::chart::operator_args(ns))
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,inflight_operator=debug")
@@ -222,19 +223,25 @@ pub fn event_reasons(tb: &TestBed, name: &str) -> Vec<String> {
 }
 
 /// The chart's RBAC for the operator, applied for the test's namespace, and a kubeconfig that
-/// acts as its ServiceAccount: the operator then runs with exactly the chart's rights. The
+/// acts as its ServiceAccount: the operator then runs with exactly the chart's rights. The main
 /// ClusterRole is the chart's; it is bound by a RoleBinding in the test's namespace instead of
-/// the chart's ClusterRoleBinding, which every test would otherwise rewrite for itself.
+/// the chart's ClusterRoleBinding, which every test would otherwise rewrite for itself. The
+/// rules naming KEDA's client certificate are the test's own (see `render_rbac`) and bound
+/// cluster-wide, as a ClusterTriggerAuthentication is.
 pub fn chart_rbac_kubeconfig(tb: &TestBed) -> PathBuf {
     let ns = tb.namespace();
     let text = inflight_testbed::chart::render_rbac("operator-rbac.yaml", ns).unwrap();
     let docs: Vec<&str> = text
         .split("\n---\n")
-        .filter(|d| !d.contains("kind: ClusterRoleBinding"))
+        .filter(|d| {
+            !(d.contains("kind: ClusterRoleBinding")
+                && d.contains("  kind: ClusterRole\n  name: inflight-operator\n"))
+        })
         .collect();
     let path = std::env::temp_dir().join(format!("inflight-operator-rbac-{ns}.yaml"));
     std::fs::write(&path, docs.join("\n---\n")).unwrap();
-    tb.kubectl(&["apply", "-f", &path.display().to_string()])
+    // No `-n`: each namespaced object names its namespace (KEDA's, for its client Secret).
+    inflight_testbed::api::kubectl_run(tb.layout(), &["apply", "-f", &path.display().to_string()])
         .unwrap();
     tb.apply(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
         "metadata": {"name": "inflight-operator-cluster-rules"},
