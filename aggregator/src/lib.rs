@@ -95,7 +95,18 @@ pub async fn run(
     let scaler_port = TcpListener::bind(config.scaler_listen)
         .await
         .map_err(|e| anyhow::anyhow!("--scaler-listen {}: {e}", config.scaler_listen))?;
-    let scaler_tls = scaler_acceptor(&config)?;
+    // One serving certificate for the SMI API and the scaler port, read again as the operator
+    // (or cert-manager) renews it.
+    let serving = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = inflight_runtime::tls::CertFiles::load(cert, key)
+                .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}"))?;
+            tokio::spawn(files.clone().watch(CERT_CHECK, |_| {}));
+            Some(files)
+        }
+        _ => None,
+    };
+    let scaler_tls = scaler_acceptor(&config, serving.as_ref())?;
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .map_err(|e| anyhow::anyhow!("--admin-listen {}: {e}", config.admin_listen))?;
@@ -103,14 +114,9 @@ pub async fn run(
     // its callers (smi::serve).
     let smi = bound(config.smi_listen)
         .map_err(|e| anyhow::anyhow!("--smi-listen {}: {e}", config.smi_listen))?;
-    let identity = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => smi::Identity {
-            cert_pem: std::fs::read_to_string(cert)
-                .map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", cert.display()))?,
-            key_pem: std::fs::read_to_string(key)
-                .map_err(|e| anyhow::anyhow!("--tls-key {}: {e}", key.display()))?,
-        },
-        _ => smi::Identity::self_signed(vec!["inflight-aggregator".into(), "localhost".into()])
+    let identity = match &serving {
+        Some(files) => smi::Identity::files(files.clone()),
+        None => smi::Identity::self_signed(vec!["inflight-aggregator".into(), "localhost".into()])
             .map_err(anyhow::Error::msg)?,
     };
     // In a pod: its service account; on a workstation: KUBECONFIG. Without either the SMI API
@@ -284,31 +290,28 @@ pub async fn run(
     served.map_err(|e| anyhow::anyhow!("gRPC server: {e}"))
 }
 
-/// The scaler port's TLS, its certificate and client CAs watched for changes; `None` with
-/// `--scaler-auth none`.
-fn scaler_acceptor(config: &Config) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+/// The scaler port's TLS, with the serving certificate of `serving` and the client CAs of
+/// `--scaler-client-ca`, watched for changes; `None` with `--scaler-auth none`.
+fn scaler_acceptor(
+    config: &Config,
+    serving: Option<&Arc<inflight_runtime::tls::CertFiles>>,
+) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
     use inflight_runtime::client_ca::ClientCaFile;
-    use inflight_runtime::tls::CertFiles;
 
-    let (scaler::tls::Mode::Mtls, Some(cert), Some(key), Some(ca)) = (
-        config.scaler_auth,
-        &config.tls_cert,
-        &config.tls_key,
-        &config.scaler_client_ca,
-    ) else {
+    let (scaler::tls::Mode::Mtls, Some(files), Some(ca)) =
+        (config.scaler_auth, serving, &config.scaler_client_ca)
+    else {
         tracing::warn!("--scaler-auth none: any peer that reaches the scaler port may read every workload's figures; for loopback development only");
         return Ok(None);
     };
-    let files = CertFiles::load(cert, key).map_err(|e| anyhow::anyhow!("--tls-cert: {e}"))?;
     let clients = ClientCaFile::load(ca).map_err(|e| anyhow::anyhow!("--scaler-client-ca: {e}"))?;
     let tls = files
         .mutual_config(clients.clone(), &[b"h2"])
         .map_err(anyhow::Error::msg)?;
-    tokio::spawn(files.watch(CERT_CHECK, |_| {}));
     tokio::spawn(clients.watch(CERT_CHECK));
     Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls))))
 }
 
-/// How often the scaler port's certificate and client CAs are looked at: the kubelet updates a
-/// Secret volume within about a minute anyway.
+/// How often the serving certificate and the scaler's client CAs are looked at: the kubelet
+/// updates a Secret volume within about a minute anyway.
 const CERT_CHECK: Duration = Duration::from_secs(10);

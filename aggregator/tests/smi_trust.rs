@@ -129,6 +129,22 @@ async fn no_connection_is_accepted_until_the_requestheader_ca_is_read() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_serving_certificate_is_served_without_a_restart() {
+    let ca = Ca::new("front-proxy-ca");
+    let client = ca.client(FRONT_PROXY);
+    let mut smi = Smi::start(Some(&ca), &[], &[]);
+    smi.wait_listening();
+    assert!(get_once(&smi, &client, "/apis").await.is_some());
+    // The operator renews the Secret two thirds into the certificate's life; the API server
+    // must get the new one before the old expires, with no restart in between.
+    smi.renew_serving_certificate();
+    eventually("the renewed certificate served", async || {
+        get_once(&smi, &client, "/apis").await.is_some()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_made_under_a_replaced_ca_must_verify_against_the_new_one() {
     let (old_ca, new_ca) = (Ca::new("front-proxy-ca-1"), Ca::new("front-proxy-ca-2"));
     let smi = Smi::start(Some(&old_ca), &["--smi-idle-timeout", "1h"], &[]);

@@ -31,25 +31,39 @@ use auth::{Caller, Source};
 use routes::{Answer, Attributes, Named, Route};
 use trust::{Current, Peer};
 
-/// The serving certificate and key, PEM.
+/// The serving certificate: `--tls-cert`/`--tls-key`, read again as they are renewed, or one made
+/// at start.
 #[derive(Debug, Clone)]
-pub struct Identity {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
+pub struct Identity(Arc<dyn rustls::server::ResolvesServerCert>);
 
 impl Identity {
+    /// The certificate of these files, as they are now.
+    pub fn files(files: Arc<inflight_runtime::tls::CertFiles>) -> Self {
+        Self(files)
+    }
+
     /// A self-signed certificate for `names`, when no `--tls-cert` is given: the APIService then
     /// needs `insecureSkipTLSVerify` or this certificate as its caBundle.
     pub fn self_signed(names: Vec<String>) -> Result<Self, String> {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
         let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
         let cert = rcgen::CertificateParams::new(names)
             .and_then(|p| p.self_signed(&key))
             .map_err(|e| e.to_string())?;
-        Ok(Self {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let certified = rustls::sign::CertifiedKey::from_der(
+            vec![CertificateDer::from(cert.der().to_vec())],
+            private,
+            &inflight_runtime::tls::provider(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Self(Arc::new(rustls::sign::SingleCertAndKey::from(
+            certified,
+        ))))
+    }
+
+    pub fn resolver(&self) -> Arc<dyn rustls::server::ResolvesServerCert> {
+        self.0.clone()
     }
 }
 

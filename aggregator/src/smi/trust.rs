@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -44,12 +44,6 @@ impl Trust {
         requestheader: RequestHeader,
         generation: u64,
     ) -> Result<Self, String> {
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("--tls-cert: {e}"))?;
-        let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())
-            .map_err(|e| format!("--tls-key: {e}"))?;
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(requestheader.client_ca_pem.as_bytes()) {
             roots
@@ -67,8 +61,7 @@ impl Trust {
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_client_cert_verifier(verifier.clone())
-            .with_single_cert(chain, key)
-            .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+            .with_cert_resolver(identity.resolver());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Self {
             generation,

@@ -135,6 +135,20 @@ impl Smi {
         }
     }
 
+    /// Writes a new serving certificate (another key) over the files the aggregator was started
+    /// with, as the kubelet updates a renewed Secret; [`Smi::connector`] trusts only the new one
+    /// from now on.
+    pub fn renew_serving_certificate(&mut self) {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(self.dir.join("tls.key"), key.serialize_pem()).unwrap();
+        std::fs::write(self.dir.join("tls.crt"), cert.pem()).unwrap();
+        self.ca = cert.der().clone();
+    }
+
     /// Waits until the SMI port accepts connections.
     pub fn wait_listening(&self) {
         let until = Instant::now() + DEADLINE;
