@@ -92,6 +92,7 @@ fn aggregator_manifests(tb: &TestBed) -> serde_json::Value {
                          {"containerPort": 6443, "name": "smi"},
                          {"containerPort": 15093, "name": "admin"}],
                "volumeMounts": [{"name": "tls", "mountPath": "/tls", "readOnly": true}],
+               "securityContext": inflight_testbed::manifests::restricted(),
                "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15093}, "periodSeconds": 1}}],
              "volumes": [{"name": "tls", "secret": {"secretName": "inflight-aggregator-tls"}}]}}}},
         // KEDA and the API server talk to either replica: both hold every report.
@@ -136,23 +137,44 @@ fn web_manifests(ns: &str) -> serde_json::Value {
     ]})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the test bed (root; see README: cargo test -- --ignored)"]
-async fn testbed_keda_scales_on_concurrency_through_the_aggregator() {
-    let tb = TestBed::shared().await.unwrap();
-    let ns = tb.namespace().to_owned();
+/// The tests of this file take turns: the SMI APIService is the cluster's, one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The two aggregator replicas of [`aggregator_manifests`] in the test's namespace, ready.
+async fn aggregators(tb: &TestBed) {
+    let ns = tb.namespace();
     let reader = std::env::temp_dir().join(format!("inflight-aggregator-rb-{ns}.json"));
-    std::fs::write(&reader, requestheader_reader(&ns).to_string()).unwrap();
+    std::fs::write(&reader, requestheader_reader(ns).to_string()).unwrap();
     inflight_testbed::kubectl_run(tb.layout(), &["apply", "-f", &reader.display().to_string()])
         .unwrap();
     let _ = std::fs::remove_file(&reader);
-    apply(&tb, &aggregator_manifests(&tb));
-    let deployments: Api<Deployment> = Api::namespaced(tb.client(), &ns);
+    apply(tb, &aggregator_manifests(tb));
+    let deployments: Api<Deployment> = Api::namespaced(tb.client(), ns);
     eventually("2 aggregator replicas ready", 120, || async {
         replicas(&deployments, "inflight-aggregator").await.1 == 2
     })
     .await;
-    apply(&tb, &web_manifests(&ns));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed (root; see README: cargo test -- --ignored)"]
+async fn testbed_keda_scales_on_concurrency_through_the_aggregator() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let tb = TestBed::shared().await.unwrap();
+    // The aggregators and the proxied demo pass the restricted Pod Security Standard.
+    tb.enforce_restricted().await.unwrap();
+    aggregators(&tb).await;
+    keda_scales_web(&tb).await;
+}
+
+/// The proxied demo `web` under a ScaledObject on the aggregators: six requests in flight scale it
+/// to 3 through KEDA (the value KEDA's metrics adapter reads is not 0), the SMI API answers
+/// through the aggregation layer with the requests the proxies reported, and idle, it goes back
+/// to 1. Every request through the Service is answered.
+async fn keda_scales_web(tb: &TestBed) {
+    let ns = tb.namespace().to_owned();
+    let deployments: Api<Deployment> = Api::namespaced(tb.client(), &ns);
+    apply(tb, &web_manifests(&ns));
     eventually("web ready", 120, || async {
         replicas(&deployments, "web").await.1 >= 1
     })
@@ -261,4 +283,88 @@ async fn testbed_keda_scales_on_concurrency_through_the_aggregator() {
         replicas(&deployments, "web").await.0 == 1
     })
     .await;
+}
+
+/// Whether `client` (a demo app pod in `from`'s namespace) opens a TCP connection to `addr`
+/// within 3 s: its `get` either has an answer, or fails after connecting (each port speaks
+/// something else than HTTP/1.1: h2 or TLS), or fails to connect (refused, or no answer to the
+/// connection within the bound). `None` when `kubectl exec` itself failed: asked again.
+fn opens(from: &TestBed, addr: &str) -> Option<bool> {
+    let url = format!("http://{addr}/");
+    match from.kubectl(&[
+        "exec",
+        "client",
+        "--",
+        "/inflight-demo-app",
+        "get",
+        &url,
+        "--timeout",
+        "3s",
+    ]) {
+        Ok(_) => Some(true),
+        Err(e) => {
+            let e = e.to_string();
+            if !e.contains(&format!("request 0 to {url}")) {
+                return None;
+            }
+            Some(!(e.contains("ConnectError") || e.contains("no answer within")))
+        }
+    }
+}
+
+/// Waits until `from`'s client opens (`open`) or cannot open a connection to `addr`.
+async fn client_opens(from: &TestBed, addr: &str, open: bool) {
+    let what = format!("{}/client to open {addr}: {open}", from.namespace());
+    eventually(&what, 60, || async { opens(from, addr) == Some(open) }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test bed (root; see README: cargo test -- --ignored)"]
+async fn testbed_with_the_charts_network_policies_strangers_are_kept_out_and_keda_still_scales() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let tb = TestBed::shared_with_network_policies().await.unwrap();
+    tb.enforce_restricted().await.unwrap();
+    let stranger = TestBed::shared().await.unwrap();
+    stranger.enforce_restricted().await.unwrap();
+    let mut client = inflight_testbed::manifests::demo_app("0ms");
+    client["name"] = serde_json::json!("client");
+    apply(
+        &stranger,
+        &serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"},
+            "spec": {"containers": [client], "terminationGracePeriodSeconds": 1}}),
+    );
+    aggregators(&tb).await;
+    eventually("the stranger's client pod Ready", 120, || async {
+        inflight_testbed::query::get(&stranger, &["pod", "client"])
+            .is_some_and(|p| inflight_testbed::query::is_ready(&p))
+    })
+    .await;
+    let ip = inflight_testbed::query::ready_pods(&tb, "inflight-aggregator")[0]
+        .1
+        .clone();
+    let ports = [("ingest", 9090), ("scaler", 9091), ("SMI", 6443)];
+    // Without a policy, the probe opens each port (so a refusal below is the policy's).
+    for (_, port) in ports {
+        client_opens(&stranger, &format!("{ip}:{port}"), true).await;
+    }
+
+    inflight_testbed::chart::apply_network_policies(&tb).unwrap();
+    for (_, port) in ports {
+        client_opens(&stranger, &format!("{ip}:{port}"), false).await;
+    }
+
+    // What must talk still does: the proxies report (their figures scale web and fill the SMI
+    // answer), KEDA calls the scaler, the API server calls the SMI API.
+    keda_scales_web(&tb).await;
+
+    // And the stranger is still kept out of each port.
+    for (name, port) in ports {
+        let addr = format!("{ip}:{port}");
+        let opened = (0..10).find_map(|_| opens(&stranger, &addr));
+        assert_eq!(
+            opened,
+            Some(false),
+            "a pod of another namespace and the {name} port {addr} (true: it opened it)"
+        );
+    }
 }

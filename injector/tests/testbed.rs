@@ -82,13 +82,17 @@ fn webhook_configuration(tb: &TestBed, url: &str) -> serde_json::Value {
     })
 }
 
+/// Labels `ns` for injection by this test's webhook, and makes it enforce the `restricted` Pod
+/// Security Standard: every injected pod of these tests shows the proxy the injector adds passes it.
 fn label_namespace(tb: &TestBed, ns: &str) {
+    let (key, value) = inflight_testbed::POD_SECURITY_RESTRICTED;
     tb.kubectl(&[
         "label",
         "namespace",
         ns,
         "inflight.dev/inject=enabled",
         &format!("inflight.dev/webhook-test={}", tb.namespace()),
+        &format!("{key}={value}"),
         "--overwrite",
     ])
     .unwrap();
@@ -119,7 +123,7 @@ fn demo_deployment(name: &str, replicas: i32, ready_path: &str) -> serde_json::V
                     "args": ["serve", "--listen", "0.0.0.0:8080", "--latency", "5ms"],
                     "ports": [{"containerPort": 8080, "name": "http"}],
                     "readinessProbe": {"httpGet": {"path": ready_path, "port": "http"}, "periodSeconds": 1},
-                    "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}}
+                    "securityContext": inflight_testbed::manifests::restricted()
                 }]}
             }
         }

@@ -20,9 +20,12 @@ use inflight_testbed::{eventually, TestBed};
 use serde_json::json;
 
 /// The test's aggregator, activator stand-in and CRD, the activator ready (the aggregator starts
-/// once the operator has made its certificates); the operator's flags to reach the aggregator:
-/// KEDA in the cluster at its Service's name, the operator on this host at its ClusterIP.
+/// once the operator has made its certificates), in a namespace that enforces the `restricted` Pod
+/// Security Standard; the operator's flags to reach the aggregator: KEDA in the cluster at its
+/// Service's name, the operator on this host at its ClusterIP.
 async fn base(tb: &TestBed) -> Vec<String> {
+    // Every pod of these tests (the aggregator, the proxied demo) passes the restricted standard.
+    tb.enforce_restricted().await.unwrap();
     install_crd(tb);
     tb.apply(&aggregator(tb)).unwrap();
     tb.apply(&activator()).unwrap();

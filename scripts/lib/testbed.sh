@@ -15,6 +15,7 @@ prepare_testbed() {
     echo "components ready in $((SECONDS - started))s"
 
     step "test bed: images of our binaries (rebuilt only when they changed)"
-    cargo build --release --locked -p inflight-proxy -p inflight-aggregator -p inflight-activator -p inflight-demo-app
+    cargo build --release --locked -p inflight-proxy -p inflight-aggregator -p inflight-activator -p inflight-demo-app \
+        -p inflight-injector -p inflight-operator
     "$testbed" images --bin-dir "$CARGO_TARGET_DIR/release"
 }

@@ -1,6 +1,7 @@
 //! The Helm chart's RBAC, applied for a test's namespace: the components then run on the bed with
-//! exactly the rights the chart gives them. The chart's templates for RBAC use one value,
-//! `{{ .Release.Namespace }}`, which becomes the test's namespace; each binding is renamed
+//! exactly the rights the chart gives them; and its NetworkPolicies. The templates use
+//! `{{ .Release.Namespace }}`, which becomes the test's namespace, and values of `values.yaml`,
+//! which take their defaults; each binding is renamed
 //! `<name>-<namespace>`, so that tests side by side each bind their own ServiceAccount.
 
 use std::path::PathBuf;
@@ -14,23 +15,70 @@ pub fn template(file: &str) -> PathBuf {
         .join(file)
 }
 
-/// The template `file` rendered for namespace `ns`: bindings renamed `<name>-<ns>`, and so are
-/// KEDA's client Secret and ClusterTriggerAuthentication (`inflight-keda`), which tests side by
-/// side each have, and with them the roles that name them or live in another namespace (KEDA's),
-/// and the references to those roles.
-pub fn render_rbac(file: &str, ns: &str) -> Result<String, Error> {
+/// The chart's default values (`charts/inflight/values.yaml`), each scalar by its dotted path
+/// (`networkPolicy.kedaNamespace`): the file has a map of scalars under each top-level key.
+pub fn values() -> Result<Vec<(String, String)>, Error> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/inflight/values.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let mut section = String::new();
+    let mut values = Vec::new();
+    for line in text.lines() {
+        let content = line.trim_start();
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = content.split_once(':') else {
+            continue;
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if line.starts_with(' ') {
+            values.push((format!("{section}.{key}"), value.to_owned()));
+        } else {
+            section = key.to_owned();
+        }
+    }
+    Ok(values)
+}
+
+/// The template `file` with `{{ .Release.Namespace }}` and the default values
+/// (`{{ .Values.<path> }}`, [`values`]) filled in; any other template syntax is an error.
+pub fn render(file: &str, ns: &str) -> Result<String, Error> {
     let path = template(file);
-    let keda = format!("\"inflight-keda-{ns}\"");
-    let text = std::fs::read_to_string(&path)
+    let mut text = std::fs::read_to_string(&path)
         .map_err(|e| Error::io(&path, e))?
-        .replace("{{ .Release.Namespace }}", ns)
-        .replace("\"inflight-keda\"", &keda);
+        .replace("{{ .Release.Namespace }}", ns);
+    for (key, value) in values()? {
+        text = text.replace(&format!("{{{{ .Values.{key} }}}}"), &value);
+    }
     if text.contains("{{") {
         return Err(Error::Invalid(format!(
             "{}: a template value the tests cannot render",
             path.display()
         )));
     }
+    Ok(text)
+}
+
+/// Applies the chart's NetworkPolicies (`networkpolicies.yaml`) in the test's namespace, as a
+/// release there would have them.
+pub fn apply_network_policies(tb: &TestBed) -> Result<(), Error> {
+    let ns = tb.namespace();
+    let text = render("networkpolicies.yaml", ns)?;
+    let path = std::env::temp_dir().join(format!("inflight-{ns}-networkpolicies.yaml"));
+    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+    let applied =
+        crate::api::kubectl_run(tb.layout(), &["apply", "-f", &path.display().to_string()]);
+    let _ = std::fs::remove_file(&path);
+    applied.map(drop)
+}
+
+/// The template `file` rendered for namespace `ns`: bindings renamed `<name>-<ns>`, and so are
+/// KEDA's client Secret and ClusterTriggerAuthentication (`inflight-keda`), which tests side by
+/// side each have, and with them the roles that name them or live in another namespace (KEDA's),
+/// and the references to those roles.
+pub fn render_rbac(file: &str, ns: &str) -> Result<String, Error> {
+    let keda = format!("\"inflight-keda-{ns}\"");
+    let text = render(file, ns)?.replace("\"inflight-keda\"", &keda);
     let home = format!("\n  namespace: {ns}\n");
     let kind = |doc: &str| {
         doc.lines()
@@ -141,6 +189,15 @@ pub fn apply_rbac(tb: &TestBed, file: &str) -> Result<(), Error> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_network_policies_render_with_the_default_values() {
+        let text = render("networkpolicies.yaml", "t-1").unwrap();
+        assert!(text.contains("namespace: t-1\n"));
+        assert!(text.contains("kubernetes.io/metadata.name: keda\n"));
+        assert!(text.contains("cidr: 0.0.0.0/32\n"));
+        assert!(!text.contains("{{"));
+    }
 
     #[test]
     fn the_aggregators_rbac_renders_with_each_binding_renamed_for_the_namespace() {

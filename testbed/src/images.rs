@@ -15,8 +15,10 @@ pub const REGISTRY: &str = "inflight.local";
 pub const PAUSE_IMAGE: &str = "inflight.local/pause:testbed";
 /// Tag of the images of our own binaries.
 pub const DEV_TAG: &str = "dev";
-/// The user every image runs as (`nobody`-like, no home, no shell).
-const USER: &str = "65532:65532";
+/// The user and group every image runs as (`nobody`-like, no home, no shell). A number, as an
+/// image `FROM scratch` has no user database: pods that must run as non-root say it too
+/// ([`crate::manifests::restricted`]).
+pub const UID: i64 = 65532;
 
 /// Reference of one of our images, e.g. `image_ref("inflight-demo-app")`.
 pub fn image_ref(name: &str) -> String {
@@ -40,6 +42,8 @@ pub const OURS: &[&str] = &[
     "inflight-aggregator",
     "inflight-activator",
     "inflight-demo-app",
+    "inflight-injector",
+    "inflight-operator",
 ];
 
 #[derive(Debug)]
@@ -205,10 +209,11 @@ fn buildah(spec: &Spec, archive: &Path) -> Result<(), Error> {
             "/tmp",
         ])?;
         let entrypoint = format!("[\"{}\"]", spec.entrypoint);
+        let user = format!("{UID}:{UID}");
         b(&[
             "config",
             "--user",
-            USER,
+            &user,
             "--entrypoint",
             &entrypoint,
             "--cmd",

@@ -33,7 +33,7 @@ mod testbed;
 pub use api::{client, kubectl_run};
 pub use cluster::{down, status, up, UpOptions};
 pub use layout::Layout;
-pub use testbed::{eventually, TestBed};
+pub use testbed::{eventually, TestBed, POD_SECURITY_RESTRICTED};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -1,10 +1,21 @@
 //! Manifests the tests of several crates put on the bed, written once: the demo app, and the demo
 //! app behind `inflight-proxy` added by hand as the injector would add it (for tests that are not
-//! about the injector).
+//! about the injector); our components as pods. Every container here passes the `restricted` Pod
+//! Security Standard with a read-only root filesystem ([`restricted`]).
 
 use serde_json::{json, Value};
 
-use crate::images::image_ref;
+use crate::images::{image_ref, UID};
+
+/// The securityContext of every container the tests run: what the `restricted` Pod Security
+/// Standard asks (no privilege escalation, every capability dropped, not root, the runtime's
+/// seccomp profile) and a read-only root filesystem. The user and group are numbers ([`UID`], the
+/// images' own): an image `FROM scratch` has no user database for the kubelet to check a name in.
+pub fn restricted() -> Value {
+    json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
+           "readOnlyRootFilesystem": true, "runAsNonRoot": true, "runAsUser": UID, "runAsGroup": UID,
+           "seccompProfile": {"type": "RuntimeDefault"}})
+}
 
 /// A Deployment `name` whose pods are labelled `app: <name>`, with `pod` as their spec.
 pub fn deployment(name: &str, replicas: i32, pod: Value) -> Value {
@@ -19,6 +30,7 @@ pub fn demo_app(latency: &str) -> Value {
     json!({
         "name": "app", "image": image_ref("inflight-demo-app"), "imagePullPolicy": "Never",
         "args": ["serve", "--listen", "0.0.0.0:8080", "--latency", latency],
+        "securityContext": restricted(),
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}})
 }
 
@@ -46,6 +58,7 @@ pub fn proxy_sidecar(workload: &str, aggregator: &str) -> Value {
                 {"name": "POD_IP", "valueFrom": field("status.podIP")}],
         "ports": [{"containerPort": 15080, "name": "inflight-http"}],
         "volumeMounts": [token_mount()],
+        "securityContext": restricted(),
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15090}, "periodSeconds": 1}})
 }
 
@@ -111,6 +124,7 @@ pub fn aggregator_plaintext(args: &[&str]) -> Value {
                "name": "aggregator", "image": image_ref("inflight-aggregator"), "imagePullPolicy": "Never",
                "args": all,
                "ports": [{"containerPort": 9090, "name": "grpc"}, {"containerPort": 9091, "name": "scaler"}],
+               "securityContext": restricted(),
                "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15093}, "periodSeconds": 1}}]}}}},
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-aggregator"},
          "spec": {"selector": {"app": "inflight-aggregator"}, "ports": [{"name": "scaler", "port": 9091}]}},
@@ -118,4 +132,98 @@ pub fn aggregator_plaintext(args: &[&str]) -> Value {
          "spec": {"clusterIP": "None", "publishNotReadyAddresses": true,
                   "selector": {"app": "inflight-aggregator"}, "ports": [{"name": "grpc", "port": 9090}]}}
     ]})
+}
+
+/// A pod template's annotation that keeps the injector away (the components are not workloads
+/// inflight scales).
+pub fn not_injected(mut deployment: Value) -> Value {
+    deployment["spec"]["template"]["metadata"]["annotations"] =
+        json!({"inflight.dev/inject": "disabled"});
+    deployment
+}
+
+/// The activators' Deployment, Service and ServiceAccount name.
+pub const ACTIVATOR: &str = "inflight-activator";
+
+/// Two replicas of the activator under the chart's ServiceAccount (`chart::apply_rbac(tb,
+/// "activator-rbac.yaml")` first), watching namespace `ns`, reporting to `aggregator` (a URL) with
+/// the token of [`token_volume`]; and the Service the operator takes their addresses from.
+pub fn activators(ns: &str, aggregator: &str) -> Value {
+    let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
+    let pod = json!({
+        "serviceAccountName": ACTIVATOR,
+        "terminationGracePeriodSeconds": 30,
+        // The activator proves who it is to the aggregator with this token, as the chart has it.
+        "volumes": [token_volume()],
+        "containers": [{
+            "name": "activator", "image": image_ref(ACTIVATOR), "imagePullPolicy": "Never",
+            "args": ["--aggregator", aggregator],
+            "env": [{"name": "WATCH_NAMESPACE", "value": ns},
+                    {"name": "RUST_LOG", "value": "info,inflight_activator=debug"},
+                    {"name": "NO_COLOR", "value": "1"},
+                    {"name": "POD_NAME", "valueFrom": field("metadata.name")},
+                    {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
+                    {"name": "POD_IP", "valueFrom": field("status.podIP")}],
+            "volumeMounts": [token_mount()],
+            "ports": [{"containerPort": 8080, "name": "http"}, {"containerPort": 15091, "name": "admin"}],
+            "securityContext": restricted(),
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15091}, "periodSeconds": 1}}]});
+    json!({"apiVersion": "v1", "kind": "List", "items": [
+        not_injected(deployment(ACTIVATOR, 2, pod)),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": ACTIVATOR},
+         "spec": {"selector": {"app": ACTIVATOR}, "ports": [{"name": "http", "port": 8080}]}}
+    ]})
+}
+
+/// The injector as a pod, serving the webhook on 8443 with `cert` and `key` (PEM, from a Secret
+/// it makes), adding proxies that report to `aggregator` (a URL); and the Service `inflight-injector`
+/// (port 443) that a webhook configuration names. Its only call to the API server is for the
+/// version, which any ServiceAccount may read.
+pub fn injector(cert: &str, key: &str, aggregator: &str) -> Value {
+    let pod = json!({
+        "volumes": [{"name": "tls", "secret": {"secretName": "inflight-injector-tls"}}],
+        "containers": [{
+            "name": "injector", "image": image_ref("inflight-injector"), "imagePullPolicy": "Never",
+            "args": ["--tls-cert", "/tls/tls.crt", "--tls-key", "/tls/tls.key",
+                     "--proxy-image", image_ref("inflight-proxy"), "--proxy-image-pull-policy", "Never",
+                     "--aggregator", aggregator],
+            "ports": [{"containerPort": 8443, "name": "webhook"}, {"containerPort": 15092, "name": "admin"}],
+            "volumeMounts": [{"name": "tls", "mountPath": "/tls", "readOnly": true}],
+            "securityContext": restricted(),
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15092}, "periodSeconds": 1}}]});
+    json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+         "metadata": {"name": "inflight-injector-tls"}, "stringData": {"tls.crt": cert, "tls.key": key}},
+        not_injected(deployment("inflight-injector", 1, pod)),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inflight-injector"},
+         "spec": {"selector": {"app": "inflight-injector"},
+                  "ports": [{"name": "webhook", "port": 443, "targetPort": 8443}]}}
+    ]})
+}
+
+/// The operator as a pod under the chart's ServiceAccount (`chart::apply_rbac(tb,
+/// "operator-rbac.yaml")` first), reconciling namespace `ns` only, with its Lease there and the
+/// activators of [`activators`]; its TLS bootstrap as the tests run it
+/// ([`crate::chart::operator_args`]: the aggregator's and KEDA's certificates under the test's own
+/// names, the cluster's webhook and APIService, which other tests use, left alone).
+pub fn operator(ns: &str) -> Value {
+    let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
+    let mut args = vec![
+        "--watch-namespace".to_owned(),
+        ns.to_owned(),
+        "--activator-service".to_owned(),
+        format!("{ns}/{ACTIVATOR}"),
+    ];
+    args.extend(crate::chart::operator_args(ns));
+    let pod = json!({
+        "serviceAccountName": "inflight-operator",
+        "containers": [{
+            "name": "operator", "image": image_ref("inflight-operator"), "imagePullPolicy": "Never",
+            "args": args,
+            "env": [{"name": "POD_NAME", "valueFrom": field("metadata.name")},
+                    {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")}],
+            "ports": [{"containerPort": 15094, "name": "admin"}],
+            "securityContext": restricted(),
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15094}, "periodSeconds": 1}}]});
+    not_injected(deployment("inflight-operator", 1, pod))
 }

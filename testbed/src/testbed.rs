@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::Client;
 
 use crate::cluster::{self, existing, healthy, UpOptions};
@@ -15,6 +15,10 @@ use crate::{images, network_policy};
 
 /// Label on every namespace a test makes, so a human can find (and delete) them.
 pub const TEST_LABEL: &str = "inflight.dev/test";
+
+/// The namespace label that makes the API server enforce the `restricted` Pod Security Standard.
+pub const POD_SECURITY_RESTRICTED: (&str, &str) =
+    ("pod-security.kubernetes.io/enforce", "restricted");
 
 /// A test's view of the shared test bed. Dropping it deletes the test's namespace (set
 /// `INFLIGHT_KEEP_NAMESPACES=1` to keep them for inspection).
@@ -86,6 +90,22 @@ impl TestBed {
     pub fn kubeconfig(&self) -> PathBuf {
         self.layout.kubeconfig()
     }
+    /// From now on the API server refuses, in the test's namespace, every pod that does not pass
+    /// the `restricted` Pod Security Standard (`pod-security.kubernetes.io/enforce: restricted`,
+    /// at the bed's own version). Call it before the first pod: the tests where our components run
+    /// do, so each of them proves the components pass ([`crate::manifests::restricted`]).
+    pub async fn enforce_restricted(&self) -> Result<(), Error> {
+        let patch = serde_json::json!({"metadata": {"labels": {POD_SECURITY_RESTRICTED.0: POD_SECURITY_RESTRICTED.1}}});
+        Api::<Namespace>::all(self.client.clone())
+            .patch(
+                &self.namespace,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Applies a manifest (JSON: one object or a `List`) in the test's namespace with kubectl.
     pub fn apply(&self, manifest: &serde_json::Value) -> Result<(), Error> {
         self.apply_in(&self.namespace, manifest)

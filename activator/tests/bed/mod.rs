@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 /// without a ready pod (proxy mode) for as long as the test needs, after KEDA has woken it.
 pub const HOLD_GATE: &str = "inflight.dev/test-hold";
 
-pub const ACTIVATOR: &str = "inflight-activator";
+pub use inflight_testbed::manifests::ACTIVATOR;
 
 // ---------------------------------------------------------------------------------------------
 // Requests, sent by hand so that the test knows whether a failed one was ever sent.
@@ -144,41 +144,9 @@ pub fn scaler_calls(metrics: &str, method: &str) -> u64 {
         .sum()
 }
 
-/// A pod template's metadata that keeps the injector away (the aggregator and the activator are
-/// not workloads inflight scales).
-pub fn not_injected(mut deployment: Value) -> Value {
-    deployment["spec"]["template"]["metadata"]["annotations"] =
-        json!({"inflight.dev/inject": "disabled"});
-    deployment
-}
-
-/// Two replicas of the real activator under the chart's ServiceAccount, watching the test's
-/// namespace, reporting to `aggregator`; and the Service the operator takes their addresses from.
-pub fn activators(ns: &str, aggregator: &str) -> Value {
-    let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
-    let pod = json!({
-        "serviceAccountName": ACTIVATOR,
-        "terminationGracePeriodSeconds": 30,
-        // The activator proves who it is to the aggregator with this token, as the chart has it.
-        "volumes": [inflight_testbed::manifests::token_volume()],
-        "containers": [{
-            "name": "activator", "image": image_ref(ACTIVATOR), "imagePullPolicy": "Never",
-            "args": ["--aggregator", aggregator],
-            "env": [{"name": "WATCH_NAMESPACE", "value": ns},
-                    {"name": "RUST_LOG", "value": "info,inflight_activator=debug"},
-                    {"name": "NO_COLOR", "value": "1"},
-                    {"name": "POD_NAME", "valueFrom": field("metadata.name")},
-                    {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
-                    {"name": "POD_IP", "valueFrom": field("status.podIP")}],
-            "volumeMounts": [inflight_testbed::manifests::token_mount()],
-            "ports": [{"containerPort": 8080, "name": "http"}, {"containerPort": 15091, "name": "admin"}],
-            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15091}, "periodSeconds": 1}}]});
-    json!({"apiVersion": "v1", "kind": "List", "items": [
-        not_injected(inflight_testbed::manifests::deployment(ACTIVATOR, 2, pod)),
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": ACTIVATOR},
-         "spec": {"selector": {"app": ACTIVATOR}, "ports": [{"name": "http", "port": 8080}]}}
-    ]})
-}
+/// The activators (two replicas, the chart's ServiceAccount) and their Service, as
+/// [`inflight_testbed::manifests::activators`] has them.
+pub use inflight_testbed::manifests::activators;
 
 /// `web`: the demo app (each request takes `latency`; the tests' takes 50 ms) as a user writes it,
 /// at zero replicas, and its Service as it was before inflight. The injector adds the proxy to its
@@ -188,6 +156,7 @@ pub fn web(gated: bool, latency: &str) -> Value {
         "name": "app", "image": image_ref("inflight-demo-app"), "imagePullPolicy": "Never",
         "args": ["serve", "--listen", "0.0.0.0:8080", "--latency", latency],
         "ports": [{"containerPort": 8080, "name": "http"}],
+        "securityContext": inflight_testbed::manifests::restricted(),
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}}]});
     if gated {
         pod["schedulingGates"] = json!([{"name": HOLD_GATE}]);
@@ -461,6 +430,9 @@ impl Scene {
             injector: None,
         };
         let tb = &scene.tb;
+        // Every pod of the scene (the aggregator, the activators, web with the proxy the
+        // injector adds) passes the restricted Pod Security Standard, or it would not be admitted.
+        tb.enforce_restricted().await.unwrap();
         let crd: Value = serde_json::from_str(&inflight_api::crd_text()).unwrap();
         tb.apply_in("default", &crd).unwrap();
         tb.kubectl(&[
