@@ -165,12 +165,26 @@ kube_router() {
 	touch "$dir/.done"
 }
 
-all=(packages kubernetes etcd coredns keda pause kube-router)
+# Helm, for the chart (`helm lint`, `helm template`; tests, never shipped). Its `go install` works as
+# is; the version it reports is stamped.
+helm() {
+	local dir="$cache/helm-$HELM_VERSION"
+	[[ -f $dir/.done ]] && return
+	step "Helm $HELM_VERSION"
+	rm -rf "$dir" && mkdir -p "$dir/bin"
+	local log="$dir/build.log"
+	local stamp="-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION"
+	run "$log" env GOBIN="$dir/bin" go install -ldflags "$stamp" "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
+	touch "$dir/.done"
+}
+
+all=(packages kubernetes etcd coredns keda pause kube-router helm)
 started=$SECONDS
 for c in "${@:-${all[@]}}"; do
 	case "$c" in
 	packages | kubernetes | etcd | coredns | keda | pause) (cd / && "$c") ;;
 	kube-router) (cd / && kube_router) ;;
+	helm) (cd / && helm) ;;
 	*)
 		echo "unknown component '$c' (known: ${all[*]})" >&2
 		exit 2

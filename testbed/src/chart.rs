@@ -59,6 +59,37 @@ pub fn render(file: &str, ns: &str) -> Result<String, Error> {
     Ok(text)
 }
 
+/// The chart's directory in this checkout.
+pub fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/inflight")
+}
+
+/// Helm (built by `inflight-testbed build`) with `args`, on the chart of this checkout: its
+/// standard output.
+pub fn helm(args: &[&str]) -> Result<String, Error> {
+    let helm = crate::components::helm();
+    let out = std::process::Command::new(&helm)
+        .args(args)
+        .arg(dir())
+        .output()
+        .map_err(|e| Error::Spawn {
+            what: helm.display().to_string(),
+            source: e,
+        })?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            command: format!("helm {}", args.join(" ")),
+            status: out.status.to_string(),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Applies the chart's NetworkPolicies (`networkpolicies.yaml`) in the test's namespace, as a
 /// release there would have them.
 pub fn apply_network_policies(tb: &TestBed) -> Result<(), Error> {

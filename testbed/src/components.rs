@@ -1,6 +1,6 @@
 //! The third-party parts of the cluster, built from Go modules by `scripts/build-components.sh` and
-//! cached by version under `$INFLIGHT_CACHE/testbed/`: Kubernetes, etcd, CoreDNS, KEDA, pause, and
-//! for beds that enforce NetworkPolicies, kube-router.
+//! cached by version under `$INFLIGHT_CACHE/testbed/`: Kubernetes, etcd, CoreDNS, KEDA, pause; for
+//! beds that enforce NetworkPolicies, kube-router; and Helm, for the chart.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,15 +28,19 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("keda", "KEDA_VERSION"),
     ("pause", "KUBERNETES_VERSION"),
     (KUBE_ROUTER, "KUBE_ROUTER_VERSION"),
+    (HELM, "HELM_VERSION"),
 ];
 
 /// The NetworkPolicy engine: built (once) only for a bed that enforces policies
 /// (`UpOptions::network_policy`), or by `inflight-testbed build`.
 pub const KUBE_ROUTER: &str = "kube-router";
 
+/// Helm: built by `inflight-testbed build` (as `scripts/test.sh` does), for the tests of the chart.
+pub const HELM: &str = "helm";
+
 /// What every bed needs.
 fn required(component: &str) -> bool {
-    component != KUBE_ROUTER
+    component != KUBE_ROUTER && component != HELM
 }
 
 fn component_dir(component: &str) -> PathBuf {
@@ -61,6 +65,10 @@ pub fn keda_config() -> PathBuf {
 
 pub fn kubectl() -> PathBuf {
     bin("kubernetes", "kubectl")
+}
+
+pub fn helm() -> PathBuf {
+    bin(HELM, "helm")
 }
 
 /// Components not built yet.
@@ -120,6 +128,7 @@ mod tests {
         assert!(version("KUBERNETES_VERSION").starts_with("v1.34."));
         assert!(version("KEDA_VERSION").starts_with("v2."));
         assert_eq!(version("KUBE_ROUTER_VERSION"), "v2.1.0");
+        assert!(version("HELM_VERSION").starts_with("v4."));
         assert_eq!(version("NOPE"), "unknown");
     }
 }
