@@ -188,26 +188,16 @@ pub fn new_serving(
     now: i64,
     validity_secs: i64,
 ) -> Result<KeyedCert, IssueError> {
-    let issuer = Issuer::from_ca_cert_pem(&ca.cert.pem, KeyPair::from_pem(&ca.key_pem)?)?;
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(dns_names.to_vec())?;
-    let mut name = DistinguishedName::new();
-    name.push(DnType::OrganizationName, "inflight");
-    if let Some(first) = dns_names.first() {
-        name.push(DnType::CommonName, first.as_str());
-    }
-    params.distinguished_name = name;
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.use_authority_key_identifier_extension = true;
-    params.not_before = at(now.saturating_sub(BACKDATE_SECS)).into();
-    params.not_after = at(now.saturating_add(validity_secs).min(ca.cert.not_after)).into();
-    let cert = params.signed_by(&key, &issuer)?;
-    Ok(KeyedCert {
-        cert: Cert::from_pem(&cert.pem()).map_err(IssueError::Readback)?,
-        key_pem: key.serialize_pem(),
-    })
+    let params = CertificateParams::new(dns_names.to_vec())?;
+    let common_name = dns_names.first().map(String::as_str);
+    leaf(
+        ca,
+        params,
+        common_name,
+        ExtendedKeyUsagePurpose::ServerAuth,
+        now,
+        validity_secs,
+    )
 }
 
 /// A client certificate of `ca` for `common_name` (no DNS names), as KEDA presents it to the
@@ -218,16 +208,38 @@ pub fn new_client(
     now: i64,
     validity_secs: i64,
 ) -> Result<KeyedCert, IssueError> {
+    let params = CertificateParams::default();
+    leaf(
+        ca,
+        params,
+        Some(common_name),
+        ExtendedKeyUsagePurpose::ClientAuth,
+        now,
+        validity_secs,
+    )
+}
+
+/// A certificate of `params` (its names) for `usage`, signed by `ca`, with a new key, valid from a
+/// little before `now` for `validity_secs` but never beyond the CA.
+fn leaf(
+    ca: &KeyedCert,
+    mut params: CertificateParams,
+    common_name: Option<&str>,
+    usage: ExtendedKeyUsagePurpose,
+    now: i64,
+    validity_secs: i64,
+) -> Result<KeyedCert, IssueError> {
     let issuer = Issuer::from_ca_cert_pem(&ca.cert.pem, KeyPair::from_pem(&ca.key_pem)?)?;
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
     name.push(DnType::OrganizationName, "inflight");
-    name.push(DnType::CommonName, common_name);
+    if let Some(cn) = common_name {
+        name.push(DnType::CommonName, cn);
+    }
     params.distinguished_name = name;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![usage];
     params.use_authority_key_identifier_extension = true;
     params.not_before = at(now.saturating_sub(BACKDATE_SECS)).into();
     params.not_after = at(now.saturating_add(validity_secs).min(ca.cert.not_after)).into();
@@ -272,6 +284,25 @@ mod tests {
 
         let other = new_ca(NOW, 365 * DAY).unwrap();
         assert!(!leaf.cert.signed_by(&other.cert));
+    }
+
+    #[test]
+    fn a_client_certificate_has_no_names_and_is_signed_by_its_ca() {
+        let ca = new_ca(NOW, 10 * DAY).unwrap();
+        let client = new_client(&ca, "keda", NOW, 90 * DAY).unwrap();
+        assert!(client.cert.dns_names.is_empty());
+        assert!(
+            client.cert.subject.contains("CN=keda"),
+            "{}",
+            client.cert.subject
+        );
+        assert!(!client.cert.is_ca);
+        assert!(client.cert.signed_by(&ca.cert));
+        assert!(client.cert.key_matches(&client.key_pem));
+        assert_eq!(
+            client.cert.not_after, ca.cert.not_after,
+            "never outlives its CA"
+        );
     }
 
     #[test]
