@@ -1,46 +1,127 @@
-//! The chart as Helm sees it: `helm lint --strict` passes, and what `helm template` renders for a
-//! release in a namespace is, template by template, what the tests' own renderer
-//! (`inflight_testbed::chart::render`) applies on the bed, so the bed tests run the chart's
-//! objects exactly. Needs Helm, which `inflight-testbed build` makes (`scripts/test.sh` does).
+//! The chart as Helm sees it: `helm lint --strict` passes with the default values and with every
+//! option on; what `helm template` renders is accepted by the API server (a server-side dry run,
+//! which validates each object against its schema); and each option renders what it promises.
+//! Needs Helm, which `inflight-testbed build` makes (`scripts/test.sh` does), and the bed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use inflight_testbed::chart;
+use inflight_testbed::{api, chart, TestBed};
 
-/// The documents of a YAML stream, each as its lines of content, in a fixed order: Helm adds
-/// `# Source:` to each, keeps blank lines a template's trailing newlines leave, and sorts the
-/// documents of a template by kind (the order it installs them in).
-fn documents(text: &str) -> Vec<Vec<&str>> {
-    let mut docs: Vec<Vec<&str>> = text
-        .split("\n---")
-        .map(|doc| {
-            doc.lines()
-                .map(str::trim_end)
-                .filter(|l| !l.is_empty() && *l != "---" && !l.starts_with("# Source: "))
-                .collect::<Vec<_>>()
-        })
-        .filter(|doc| !doc.is_empty())
-        .collect();
-    docs.sort();
-    docs
+/// Every option of values.yaml away from its default.
+const EVERYTHING: &[&str] = &[
+    "--set",
+    "tls.mode=certManager",
+    "--set",
+    "tls.certManager.issuerRef.name=selfsigned",
+    "--set",
+    "tls.certManager.issuerRef.kind=ClusterIssuer",
+    "--set",
+    "serviceMonitor.enabled=true",
+    "--set",
+    "grafanaDashboard.enabled=true",
+    "--set",
+    "otlp.endpoint=http://otel-collector.observability:4317",
+    "--set",
+    "log.format=json",
+];
+
+/// The kinds of a rendered stream, each once per object.
+fn kinds(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("kind: "))
+        .collect()
 }
 
 #[test]
 #[ignore = "needs Helm, built with the test bed's components (scripts/test.sh: inflight-testbed build)"]
-fn testbed_helm_lints_the_chart_and_renders_what_the_tests_apply() {
+fn testbed_helm_lints_the_chart_with_every_option() {
     let lint = chart::helm(&["lint", "--strict"]).unwrap();
     assert!(lint.contains("0 chart(s) failed"), "{lint}");
-    let templates: Vec<String> = std::fs::read_dir(chart::dir().join("templates"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".yaml"))
-        .collect();
-    assert!(templates.len() >= 4, "{templates:?}");
-    for template in templates {
-        let show = format!("templates/{template}");
-        let helm =
-            chart::helm(&["template", "inflight", "-n", "t-1", "--show-only", &show]).unwrap();
-        let ours = chart::render(&template, "t-1").unwrap();
-        assert_eq!(documents(&helm), documents(&ours), "{template}");
+    let mut args = vec!["lint", "--strict"];
+    args.extend_from_slice(EVERYTHING);
+    let lint = chart::helm(&args).unwrap();
+    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+}
+
+#[test]
+#[ignore = "needs Helm, built with the test bed's components (scripts/test.sh: inflight-testbed build)"]
+fn testbed_the_options_render_what_they_promise() {
+    let defaults = chart::helm(&["template", "inflight", "-n", "inflight"]).unwrap();
+    let kinds_default = kinds(&defaults);
+    for (kind, count) in [
+        ("Deployment", 4),
+        ("PodDisruptionBudget", 4),
+        ("MutatingWebhookConfiguration", 1),
+        ("APIService", 1),
+        ("NetworkPolicy", 4),
+    ] {
+        let n = kinds_default.iter().filter(|k| **k == kind).count();
+        assert_eq!(n, count, "{kind} in the default render");
     }
+    for absent in ["Certificate", "ServiceMonitor", "PodMonitor", "ConfigMap"] {
+        assert!(!kinds_default.contains(&absent), "{absent} without asking");
+    }
+    // The operator makes the certificates itself by default, and never with cert-manager.
+    assert!(defaults.contains("--tls-bootstrap=true"));
+    assert!(!defaults.contains("OTEL_EXPORTER_OTLP_ENDPOINT"));
+
+    let mut args = vec!["template", "inflight", "-n", "inflight"];
+    args.extend_from_slice(EVERYTHING);
+    let all = chart::helm(&args).unwrap();
+    let kinds_all = kinds(&all);
+    for present in [
+        "Certificate",
+        "ClusterIssuer",
+        "ClusterTriggerAuthentication",
+        "ServiceMonitor",
+        "PodMonitor",
+        "ConfigMap",
+    ] {
+        assert!(kinds_all.contains(&present), "{present} with every option");
+    }
+    assert!(all.contains("--tls-bootstrap=false"));
+    assert!(all.contains("cert-manager.io/inject-ca-from: inflight/inflight-injector-tls"));
+    assert!(all.contains("cert-manager.io/inject-ca-from: inflight/inflight-aggregator-tls"));
+    assert!(all.contains("value: \"http://otel-collector.observability:4317\""));
+    assert!(all.contains("value: \"json\""));
+
+    // cert-manager without an issuer is refused with the reason.
+    let e = chart::helm(&["template", "inflight", "--set", "tls.mode=certManager"]).unwrap_err();
+    assert!(
+        e.to_string().contains("tls.certManager.issuerRef.name"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed"]
+async fn testbed_what_helm_template_renders_passes_a_server_side_dry_run() {
+    let tb = TestBed::shared().await.unwrap();
+    let text = chart::helm(&["template", "inflight", "-n", tb.namespace()]).unwrap();
+    let path = std::env::temp_dir().join(format!("inflight-{}-chart.yaml", tb.namespace()));
+    std::fs::write(&path, &text).unwrap();
+    // The CRD first, as Helm installs crds/ before the templates; then everything else, checked
+    // by the API server against each kind's schema and admission, and not stored.
+    let crd = chart::dir().join("crds/httpautoscalers.inflight.dev.yaml");
+    let kubectl = |args: &[&str]| api::kubectl_run(tb.layout(), args).unwrap();
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        &crd.display().to_string(),
+    ]);
+    // No `-n`: each namespaced object names its own (KEDA's Role is in KEDA's).
+    let out = kubectl(&[
+        "apply",
+        "--dry-run=server",
+        "-f",
+        &path.display().to_string(),
+    ]);
+    let _ = std::fs::remove_file(&path);
+    let created = out
+        .lines()
+        .filter(|l| l.contains("(server dry run)"))
+        .count();
+    assert_eq!(created, kinds(&text).len(), "{out}");
 }
