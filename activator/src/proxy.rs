@@ -28,8 +28,7 @@ pub const SPEAKER: Speaker = Speaker {
     upstream: "the pod",
 };
 
-/// The header that says a response's request was held, and for how long (`1834ms`).
-pub const COLD_START_HEADER: &str = "x-inflight-cold-start";
+pub use inflight_proto::names::COLD_START_HEADER;
 
 /// Seconds a client is asked to wait before trying again after a 503.
 const RETRY_AFTER_SECONDS: &str = "1";

@@ -45,11 +45,32 @@ struct Tally {
     sent: AtomicU64,
     ok: AtomicU64,
     failed: AtomicU64,
+    /// Answers whose request an activator held while the workload woke, and the longest hold.
+    held: AtomicU64,
+    longest_hold_ms: AtomicU64,
+}
+
+/// How long the activator held a request, from its `x-inflight-cold-start` header (`1834ms`).
+fn hold_ms(response: &http::Response<hyper::body::Incoming>) -> Option<u64> {
+    let value = response
+        .headers()
+        .get(inflight_proto::names::COLD_START_HEADER)?;
+    value.to_str().ok()?.strip_suffix("ms")?.parse().ok()
 }
 
 /// Runs the schedule against `target` (`http://host:port/path`), printing the
 /// proxy's `/stats` from `admin` once a second.
-pub async fn run(target: String, admin: Option<String>, schedule: Vec<Step>) -> anyhow::Result<()> {
+/// With `host`, each request carries it as its Host header (a Service reached at its ClusterIP
+/// from outside the cluster, whose activator routes by name).
+pub async fn run(
+    target: String,
+    host: Option<String>,
+    admin: Option<String>,
+    schedule: Vec<Step>,
+) -> anyhow::Result<()> {
+    let host = host
+        .map(|h| http::HeaderValue::try_from(h).map_err(|e| anyhow::anyhow!("--host: {e}")))
+        .transpose()?;
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let tally = Arc::new(Tally::default());
@@ -69,13 +90,25 @@ pub async fn run(target: String, admin: Option<String>, schedule: Vec<Step>) -> 
             let client = client.clone();
             let tally = tally.clone();
             let uri = target.clone();
+            let host = host.clone();
             tally.sent.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
-                let Ok(request) = Request::get(uri).body(Empty::new()) else {
+                let mut request = Request::get(uri);
+                if let Some(host) = host {
+                    request = request.header(http::header::HOST, host);
+                }
+                let Ok(request) = request.body(Empty::new()) else {
+                    tally.failed.fetch_add(1, Ordering::Relaxed);
                     return;
                 };
                 let ok = match client.request(request).await {
-                    Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
+                    Ok(r) => {
+                        if let Some(ms) = hold_ms(&r) {
+                            tally.held.fetch_add(1, Ordering::Relaxed);
+                            tally.longest_hold_ms.fetch_max(ms, Ordering::Relaxed);
+                        }
+                        r.status().is_success() && r.into_body().collect().await.is_ok()
+                    }
                     Err(_) => false,
                 };
                 let counter = if ok { &tally.ok } else { &tally.failed };
@@ -86,12 +119,16 @@ pub async fn run(target: String, admin: Option<String>, schedule: Vec<Step>) -> 
     // Let the last requests finish and show in the figures.
     tokio::time::sleep(Duration::from_secs(2)).await;
     reporter.abort();
+    let failed = tally.failed.load(Ordering::Relaxed);
     println!(
-        "done: sent {}, ok {}, failed {}",
+        "done: sent {}, ok {}, failed {}; held while the workload woke: {}, the longest {} ms",
         tally.sent.load(Ordering::Relaxed),
         tally.ok.load(Ordering::Relaxed),
-        tally.failed.load(Ordering::Relaxed)
+        failed,
+        tally.held.load(Ordering::Relaxed),
+        tally.longest_hold_ms.load(Ordering::Relaxed),
     );
+    anyhow::ensure!(failed == 0, "{failed} requests failed");
     Ok(())
 }
 

@@ -30,6 +30,9 @@ enum Command {
         /// URL to load, e.g. http://127.0.0.1:15080/
         #[arg(long)]
         target: String,
+        /// The Host header of every request (default: the target's).
+        #[arg(long)]
+        host: Option<String>,
         /// The proxy's admin address, whose /stats is printed every second.
         #[arg(long)]
         admin: Option<String>,
@@ -66,12 +69,13 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Load {
             target,
+            host,
             admin,
             schedule,
         } => {
             let schedule =
                 load::parse_schedule(&schedule).map_err(|e| anyhow::anyhow!("--schedule: {e}"))?;
-            load::run(target, admin, schedule).await
+            load::run(target, host, admin, schedule).await
         }
         Command::Get {
             url,

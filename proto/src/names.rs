@@ -47,6 +47,10 @@ pub fn scaler_metric_name(namespace: &str, kind: &str, name: &str) -> String {
     format!("inflight-{namespace}-{kind}-{name}").to_ascii_lowercase()
 }
 
+/// The header the activator adds to a response whose request it held, and for how long
+/// (`1834ms`): what a client sees of a cold start.
+pub const COLD_START_HEADER: &str = "x-inflight-cold-start";
+
 /// Audience of the projected ServiceAccount token a reporter sends the aggregator: a token made
 /// for the aggregator is good for nothing else, and one made for anything else is refused here.
 pub const TOKEN_AUDIENCE: &str = "inflight.dev/aggregator";
