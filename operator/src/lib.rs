@@ -13,6 +13,7 @@ pub mod leader;
 pub mod metrics;
 pub mod services;
 pub mod status;
+pub mod uninstall;
 
 pub use config::Config;
 

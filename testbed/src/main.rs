@@ -47,11 +47,14 @@ enum Command {
     /// Build Kubernetes, etcd, CoreDNS, KEDA, pause and kube-router from Go modules (cached by
     /// version).
     Build,
-    /// Build the OCI images (only those whose files changed).
+    /// Build the OCI images (only those whose files changed), and give them to the bed if it is
+    /// up (new pods then run them).
     Images {
         /// Where our release binaries are (inflight-proxy, inflight-demo-app…).
         #[arg(long, env = "INFLIGHT_BIN_DIR")]
         bin_dir: PathBuf,
+        #[arg(long, env = "INFLIGHT_TESTBED", default_value = layout::DEFAULT_NAME)]
+        name: String,
     },
 }
 
@@ -100,9 +103,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", layout.kubeconfig().display());
         }
         Command::Build => components::run_build(&[])?,
-        Command::Images { bin_dir } => {
+        Command::Images { bin_dir, name } => {
             for built in images::build(&bin_dir)? {
                 eprintln!("[testbed images] built {built}");
+            }
+            if let Some(layout) = cluster::existing(&name).filter(cluster::healthy) {
+                if images::stale(&layout) {
+                    images::import(&layout)?;
+                    eprintln!("[testbed images] imported into the running bed {name:?}");
+                }
             }
         }
     }
