@@ -50,6 +50,33 @@ pub fn latency(d: Duration) -> String {
     }
 }
 
+/// Rows of cells as aligned text: each column as wide as its widest cell, three spaces apart (as
+/// kubectl pads them), each line after `indent` and without trailing spaces.
+pub fn aligned(rows: &[Vec<String>], indent: &str) -> Vec<String> {
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            let w = cell.chars().count();
+            match widths.get_mut(i) {
+                Some(max) => *max = (*max).max(w),
+                None => widths.push(w),
+            }
+        }
+    }
+    rows.iter()
+        .map(|row| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            format!("{indent}{}", cells.join("   "))
+                .trim_end()
+                .to_owned()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +109,17 @@ mod tests {
         assert_eq!(latency(Duration::from_micros(850)), "850µs");
         assert_eq!(latency(Duration::from_millis(12)), "12ms");
         assert_eq!(latency(Duration::from_millis(1500)), "1.5s");
+    }
+
+    #[test]
+    fn columns_align_under_the_widest_cell() {
+        let rows = [
+            vec!["TYPE".to_owned(), "STATUS".to_owned(), "MESSAGE".to_owned()],
+            vec!["Ready".to_owned(), "True".to_owned(), String::new()],
+        ];
+        assert_eq!(
+            aligned(&rows, "  "),
+            ["  TYPE    STATUS   MESSAGE", "  Ready   True"]
+        );
     }
 }

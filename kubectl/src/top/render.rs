@@ -9,7 +9,7 @@ use ratatui::widgets::{Cell, Paragraph, Row as TableRow, Table};
 use ratatui::Frame;
 
 use super::{More, Row, Scope, Snapshot};
-use crate::format::{age, latency, number};
+use crate::format::{age, aligned, latency, number};
 
 /// The columns. `INFLIGHT/TARGET` is requests in flight now over what the replicas take at the
 /// target (`target × max(replicas, 1)`); for a `requestRate` autoscaler that comparison is in
@@ -84,24 +84,12 @@ pub fn footer(snapshot: &Snapshot) -> Vec<String> {
 
 /// The plain table: columns padded as kubectl pads them (three spaces apart), then the footer.
 pub fn table(snapshot: &Snapshot) -> String {
-    let rows: Vec<[String; 9]> = snapshot.rows.iter().map(cells).collect();
-    let widths = widths(&rows);
+    let rows: Vec<Vec<String>> = std::iter::once(HEADERS.map(str::to_owned).to_vec())
+        .chain(snapshot.rows.iter().map(|r| cells(r).to_vec()))
+        .collect();
     let mut out = String::new();
-    let mut line = |cells: &[String]| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(padded.join("   ").trim_end());
-        out.push('\n');
-    };
-    line(&HEADERS.map(str::to_owned));
-    for row in &rows {
-        line(row);
-    }
-    for l in footer(snapshot) {
-        out.push_str(&l);
+    for line in aligned(&rows, "").into_iter().chain(footer(snapshot)) {
+        out.push_str(&line);
         out.push('\n');
     }
     out
