@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub connection: Connection,
+    pub cluster: ClusterArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -23,7 +23,7 @@ pub struct Cli {
 /// does: `KUBECONFIG` (a list of files, merged), else `~/.kube/config`, else the pod's service
 /// account.
 #[derive(Debug, Clone, Args)]
-pub struct Connection {
+pub struct ClusterArgs {
     /// The kubeconfig file to use instead of `KUBECONFIG` / `~/.kube/config`.
     #[arg(long, global = true)]
     pub kubeconfig: Option<PathBuf>,
@@ -97,7 +97,7 @@ mod tests {
             "/tmp/k",
         ])
         .unwrap();
-        assert_eq!(cli.connection.kubeconfig, Some(PathBuf::from("/tmp/k")));
+        assert_eq!(cli.cluster.kubeconfig, Some(PathBuf::from("/tmp/k")));
         let Command::Status(status) = cli.command else {
             panic!("not status")
         };

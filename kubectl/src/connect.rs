@@ -31,7 +31,7 @@ impl std::fmt::Debug for Connection {
 /// Reads the kubeconfig as kube-rs does (`--kubeconfig` first, else `KUBECONFIG`, else
 /// `~/.kube/config`, else in-cluster) and makes a client whose connections and reads give up
 /// after the request timeout.
-pub async fn connect(options: &crate::cli::Connection) -> Result<Connection, Error> {
+pub async fn connect(options: &crate::cli::ClusterArgs) -> Result<Connection, Error> {
     let kube_options = KubeConfigOptions {
         context: options.context.clone(),
         ..KubeConfigOptions::default()

@@ -46,7 +46,7 @@ pub enum Error {
 
 /// Runs the command line's command to its end.
 pub async fn run(cli: Cli) -> Result<(), Error> {
-    let connection = connect::connect(&cli.connection).await?;
+    let connection = connect::connect(&cli.cluster).await?;
     match cli.command {
         Command::Top(args) => top::run(&connection, &args).await,
         Command::Status(args) => status::run(&connection, &args).await,

@@ -105,7 +105,13 @@ pub async fn run(connection: &Connection, args: &TopArgs) -> Result<(), Error> {
     let mut first = true;
     loop {
         match gather::snapshot(connection, &scope, limit).await {
-            Ok(snapshot) => print(&format!("{}\n", render::table(&snapshot)))?,
+            // The reader has gone (`| head`): done.
+            Ok(snapshot) => match print(&format!("{}\n", render::table(&snapshot))) {
+                Err(Error::Terminal(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Ok(())
+                }
+                printed => printed?,
+            },
             Err(e) if first => return Err(e),
             Err(e) => eprintln!("kubectl-inflight: {e}"),
         }
