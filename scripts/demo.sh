@@ -1,20 +1,42 @@
 #!/usr/bin/env bash
-# The local demo on the embedded cluster. The test bed (real Kubernetes + KEDA built from Go modules,
-# see testbed/) comes up; the aggregator runs in it; the demo app runs as a Deployment whose pods
-# carry inflight-proxy beside the app (added by hand until the injector exists); a KEDA ScaledObject
-# with an external-push trigger asks the aggregator. A load that rises and falls goes through the
-# Service, and every second the demo prints the requests in flight that KEDA sees and the replicas
-# KEDA and the HPA give the app: ceil(concurrency / target).
-# Needs root. The cluster stays up afterwards: `inflight-testbed down` removes it.
+# The local demo on the embedded cluster, the README's first command. The test bed (a real
+# one-node Kubernetes with real KEDA, built from Go modules, see docs/testbed.md) comes up; the
+# inflight chart is installed into it with Helm, as on any cluster; a demo app runs in a namespace
+# labelled inflight.dev/inject=enabled (the injector adds the proxy to its pods) under an
+# HTTPAutoscaler with minReplicas 0. Load rises and stops while `kubectl inflight top` shows the
+# app going from 0 to several pods and back to 0, every request answered.
+#
+#   ./scripts/demo.sh          ends by itself (or on Ctrl-C) and removes what it made
+#   ./scripts/demo.sh --keep   leaves the cluster, the chart and the app running
+#
+# Needs root (the bed's network namespaces, cgroups and containerd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inflight/target}"
 
-NS=inflight-demo
+KEEP=0
+for arg in "$@"; do
+    case "$arg" in
+    --keep) KEEP=1 ;;
+    -h | --help)
+        sed -n '2,12p' "$0"
+        exit 0
+        ;;
+    *)
+        echo "demo.sh: unknown argument $arg (--keep, --help)" >&2
+        exit 2
+        ;;
+    esac
+done
+
+NS=demo
 LATENCY="${LATENCY:-200ms}"
 TARGET="${TARGET:-5}"
-SCHEDULE="${SCHEDULE:-20:15s,100:45s,10:40s}"
+# requests/s:duration. By Little's law in flight = rate x latency: 2, 10, 20, then 6 requests in
+# flight, so 1, 2, 4 and 2 pods at 5 per pod; then nothing, and the app goes back to zero.
+SCHEDULE="${SCHEDULE:-10:15s,50:20s,100:25s,30:15s}"
+SCALE_TO_ZERO_AFTER="${SCALE_TO_ZERO_AFTER:-30s}"
 
 step() { printf '\n== %s\n' "$*"; }
 # Nothing ends this script without saying where and why.
@@ -22,163 +44,149 @@ trap 'echo "demo.sh: failed at line $LINENO: $BASH_COMMAND (exit $?)" >&2' ERR
 # shellcheck source=lib/testbed.sh
 source scripts/lib/testbed.sh
 prepare_testbed
+cargo build --release --locked -p kubectl-inflight
+inflight="$CARGO_TARGET_DIR/release/kubectl-inflight"
+load_bin="$CARGO_TARGET_DIR/release/inflight-demo-app"
+
+cache="${INFLIGHT_CACHE:-$HOME/.cache/inflight}/testbed"
+kubectl() { "$cache/kubernetes-$(sed -n 's/^KUBERNETES_VERSION=//p' testbed/versions.env)/bin/kubectl" "$@"; }
+helm() { "$cache/helm-$(sed -n 's/^HELM_VERSION=//p' testbed/versions.env)/bin/helm" "$@"; }
+
+started_bed=0
+load=""
+cleanup() {
+    trap - EXIT INT TERM
+    [[ -n $load ]] && kill "$load" 2>/dev/null || true
+    if ((KEEP)); then
+        cat <<EOF
+
+The demo is still running. Try:
+  export KUBECONFIG=$KUBECONFIG
+  $inflight top -n $NS
+  kubectl get hta -A
+  kubectl get --raw /apis/metrics.smi-spec.io/v1alpha1/namespaces/$NS/deployments/app
+Remove it all with: $testbed down
+EOF
+        return
+    fi
+    step "cleaning up"
+    kubectl delete namespace "$NS" --ignore-not-found --wait=true --timeout=120s || true
+    helm uninstall inflight -n inflight --wait --timeout 5m || true
+    if ((started_bed)); then
+        "$testbed" down || true
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 step "the cluster"
 if ! "$testbed" status | grep -q 'healthy: true'; then
     "$testbed" up
+    started_bed=1
 fi
 export KUBECONFIG
 KUBECONFIG="$("$testbed" kubeconfig)"
-kubectl() { "${INFLIGHT_CACHE:-$HOME/.cache/inflight}/testbed/kubernetes-$(sed -n 's/^KUBERNETES_VERSION=//p' testbed/versions.env)/bin/kubectl" "$@"; }
 kubectl get nodes
 
-step "the aggregator, the demo app with inflight-proxy in each pod, and a ScaledObject"
+step "inflight, installed with Helm (charts/inflight), beside KEDA"
+# The bed's images are built here (inflight.local/<name>:dev) and never pulled. --take-ownership:
+# a bed used by the tests may hold objects of the same names.
+helm upgrade --install inflight charts/inflight -n inflight --create-namespace \
+    --set image.tag=dev --set image.pullPolicy=Never --take-ownership --wait --timeout 5m
+kubectl -n inflight get deployments
+
+step "the demo app in namespace $NS (labelled inflight.dev/inject=enabled), under an HTTPAutoscaler"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
-# The aggregator's rights, as the chart gives them: it reviews each report's token.
-sed "s/{{ .Release.Namespace }}/$NS/g" charts/inflight/templates/aggregator-rbac.yaml | kubectl apply -f -
-kubectl apply -f - <<YAML
+kubectl label namespace "$NS" inflight.dev/inject=enabled --overwrite
+kubectl -n "$NS" apply -f - <<YAML
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: inflight-aggregator, namespace: $NS}
+metadata: {name: app}
 spec:
   replicas: 1
-  selector: {matchLabels: {app: inflight-aggregator}}
+  selector: {matchLabels: {app: app}}
   template:
-    metadata: {labels: {app: inflight-aggregator}}
+    metadata: {labels: {app: app}}
     spec:
-      serviceAccountName: inflight-aggregator
-      containers:
-      - name: aggregator
-        image: inflight.local/inflight-aggregator:dev
-        imagePullPolicy: Never
-        # No operator in this demo to issue KEDA's client certificate: the scaler port is
-        # plaintext here (the operator's and the activator's bed tests run it as mutual TLS).
-        args: [--scaler-auth, none]
-        ports: [{containerPort: 9090, name: grpc}, {containerPort: 9091, name: scaler}, {containerPort: 15093, name: admin}]
-        readinessProbe: {httpGet: {path: /readyz, port: 15093}, periodSeconds: 1}
----
-apiVersion: v1
-kind: Service
-metadata: {name: inflight-aggregator, namespace: $NS}
-spec:
-  selector: {app: inflight-aggregator}
-  ports: [{name: scaler, port: 9091}]
----
-# Sidecars resolve every aggregator replica behind this name and report to each, a warming-up
-# (not yet ready) replica too: that is how it hears every pod before it answers KEDA.
-apiVersion: v1
-kind: Service
-metadata: {name: inflight-aggregator-ingest, namespace: $NS}
-spec:
-  clusterIP: None
-  publishNotReadyAddresses: true
-  selector: {app: inflight-aggregator}
-  ports: [{name: grpc, port: 9090}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: demo, namespace: $NS}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: demo}}
-  template:
-    # The workload label and the token volume are what the injector adds: the aggregator takes
-    # the pod's reports only for the workload its label names, from the pod its token is bound to.
-    metadata: {labels: {app: demo, inflight.dev/workload: deployment.demo}}
-    spec:
-      volumes:
-      - name: inflight-aggregator-token
-        projected:
-          sources:
-          - serviceAccountToken: {audience: inflight.dev/aggregator, expirationSeconds: 3600, path: token}
-      initContainers:
-      # A native sidecar: starts before the app, stops after it.
-      - name: inflight-proxy
-        image: inflight.local/inflight-proxy:dev
-        imagePullPolicy: Never
-        restartPolicy: Always
-        args: [--upstream, "127.0.0.1:8080", --workload, deployment/demo,
-               --aggregator, "http://inflight-aggregator-ingest.$NS.svc.cluster.local:9090"]
-        env:
-        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
-        - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
-        - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
-        volumeMounts:
-        - {name: inflight-aggregator-token, mountPath: /var/run/secrets/inflight.dev/aggregator, readOnly: true}
-        ports:
-        - {containerPort: 15080, name: inflight-http}
-        - {containerPort: 15090, name: inflight-admin}
-        readinessProbe: {httpGet: {path: /readyz, port: 15090}, periodSeconds: 1}
       containers:
       - name: app
         image: inflight.local/inflight-demo-app:dev
         imagePullPolicy: Never
         args: [serve, --listen, "0.0.0.0:8080", --latency, "$LATENCY"]
-        env:
-        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
+        ports: [{containerPort: 8080, name: http}]
         readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+        securityContext:
+          allowPrivilegeEscalation: false
+          capabilities: {drop: [ALL]}
+          readOnlyRootFilesystem: true
+          runAsNonRoot: true
+          runAsUser: 65532
+          seccompProfile: {type: RuntimeDefault}
 ---
 apiVersion: v1
 kind: Service
-metadata: {name: demo, namespace: $NS}
+metadata: {name: app}
 spec:
-  selector: {app: demo}
-  ports: [{name: http, port: 80, targetPort: 15080}]
+  selector: {app: app}
+  ports: [{name: http, port: 80, targetPort: 8080}]
 ---
-apiVersion: keda.sh/v1alpha1
-kind: ScaledObject
-metadata: {name: demo, namespace: $NS}
+apiVersion: inflight.dev/v1alpha1
+kind: HTTPAutoscaler
+metadata: {name: app}
 spec:
-  scaleTargetRef: {name: demo}
-  minReplicaCount: 1
-  maxReplicaCount: 10
-  pollingInterval: 2
-  advanced:
-    horizontalPodAutoscalerConfig:
-      behavior:
-        scaleDown: {stabilizationWindowSeconds: 10, policies: [{type: Percent, value: 100, periodSeconds: 5}]}
-  triggers:
-  - type: external-push
-    metadata:
-      scalerAddress: inflight-aggregator.$NS.svc.cluster.local:9091
-      workload: deployment/demo
-      target: "$TARGET"
-      window: 20s
-      scaleToZeroAfter: 60s
+  scaleTargetRef: {kind: Deployment, name: app}
+  service: {name: app, port: 80, targetPort: 8080}
+  minReplicas: 0
+  maxReplicas: 10
+  metric: {type: concurrency, target: $TARGET}
+  scaleToZeroAfter: $SCALE_TO_ZERO_AFTER
 YAML
-kubectl -n "$NS" rollout status deployment/inflight-aggregator --timeout=120s
-kubectl -n "$NS" rollout status deployment/demo --timeout=120s
+kubectl -n "$NS" rollout status deployment/app --timeout=180s
+echo "containers of the app's pod (the injector added inflight-proxy):"
+kubectl -n "$NS" get pods -l app=app -o 'jsonpath={range .items[*]}{.metadata.name}: {.spec.initContainers[*].name} {.spec.containers[*].name}{"\n"}{end}'
 
-svc="$(kubectl -n "$NS" get service demo -o 'jsonpath={.spec.clusterIP}')"
-metric="/apis/external.metrics.k8s.io/v1beta1/namespaces/$NS/s0-inflight-$NS-deployment-demo?labelSelector=scaledobject.keda.sh%2Fname%3Ddemo"
-# KEDA serves the metric only once it has read the ScaledObject and reached the scaler: wait for
-# that (a condition, with a deadline) rather than start the table on an error.
-step "waiting for KEDA to serve the external metric"
-deadline=$((SECONDS + 180))
-until error="$(kubectl get --raw "$metric" 2>&1 >/dev/null)"; do
-    if ((SECONDS > deadline)); then
-        echo "demo.sh: KEDA did not serve $metric within 180s: $error" >&2
-        kubectl -n "$NS" get scaledobject demo -o wide >&2 || true
-        exit 1
-    fi
-    sleep 1
-done
-step "load through the Service (http://$svc/, $LATENCY per request, target $TARGET in flight per replica)"
-echo "schedule (requests/s:duration): $SCHEDULE — by Little's law, in flight = rate x latency"
+# Waits, showing the live view every few seconds, until the HTTPAutoscaler is at zero in proxy
+# mode (the activator takes its requests), or fails after $1 seconds.
+wait_for_zero() {
+    local deadline=$((SECONDS + $1))
+    until [[ "$(kubectl -n "$NS" get hta app -o 'jsonpath={.status.mode}/{.status.replicas}' 2>/dev/null)" == Proxy/0 ]]; do
+        if ((SECONDS > deadline)); then
+            echo "demo.sh: app not at zero within $1s" >&2
+            kubectl -n "$NS" describe hta app >&2 || true
+            return 1
+        fi
+        "$inflight" top -n "$NS" --once || true
+        sleep 5
+    done
+    "$inflight" top -n "$NS" --once
+}
+step "idle: the app goes to zero after scaleToZeroAfter ($SCALE_TO_ZERO_AFTER)"
+wait_for_zero 300
+
+svc="$(kubectl -n "$NS" get service app -o 'jsonpath={.spec.clusterIP}')"
+step "load through the Service (http://$svc/, Host app.$NS), $LATENCY per request, $TARGET in flight per pod"
+echo "schedule (requests/s:duration): $SCHEDULE"
 log="$(mktemp)"
-"$CARGO_TARGET_DIR/release/inflight-demo-app" load --target "http://$svc/" --schedule "$SCHEDULE" >"$log" 2>&1 &
+"$load_bin" load --target "http://$svc/" --host "app.$NS" --schedule "$SCHEDULE" >"$log" 2>&1 &
 load=$!
-trap 'kill $load 2>/dev/null || true; rm -f "$log"' EXIT
-printf '%6s %14s %18s %10s\n' "t(s)" "sent req/s" "in flight (KEDA)" "replicas"
-start=$SECONDS
-while kill -0 "$load" 2>/dev/null; do
-    # A read that fails now and then (the API server busy) shows as "-", it does not end the demo.
-    value="$({ kubectl get --raw "$metric" 2>/dev/null || true; } | sed -n 's/.*"value":"\([^"]*\)".*/\1/p')"
-    replicas="$(kubectl -n "$NS" get deployment demo -o 'jsonpath={.status.readyReplicas}/{.spec.replicas}' 2>/dev/null || true)"
-    rate="$({ tail -n 1 "$log" || true; } | awk '$1 ~ /^[0-9]+$/ {print $2}')"
-    printf '%6d %14s %18s %10s\n' $((SECONDS - start)) "${rate:--}" "${value:--}" "$replicas"
-    sleep 2
-done
+# The live view: the autoscaler's mode, pods, requests in flight against the target, rate, p99.
+"$inflight" top -n "$NS" --interval 2s &
+view=$!
+status=0
+wait "$load" || status=$?
+load=""
+kill "$view" 2>/dev/null || true
+wait "$view" 2>/dev/null || true
 echo
 tail -n 1 "$log"
-echo "the cluster stays up: KUBECONFIG=$KUBECONFIG; remove it with: $testbed down"
+rm -f "$log"
+if ((status != 0)); then
+    echo "demo.sh: the load generator failed (exit $status): not every request was answered" >&2
+    exit 1
+fi
+
+step "load stopped: back to zero after scaleToZeroAfter"
+wait_for_zero 300
+echo
+echo "demo done: the app went from 0 to several pods and back to 0, every request answered."

@@ -67,6 +67,11 @@ pub struct Config {
     /// Reconcile every HTTPAutoscaler at least this often, whatever changes are seen.
     #[arg(long, env = "INFLIGHT_RESYNC_INTERVAL", default_value = "60s", value_parser = positive_duration)]
     pub resync_interval: Duration,
+
+    /// While a workload has requests in flight, refresh its status (`inFlight`, what `kubectl get
+    /// hta` and `kubectl inflight top` show) this often rather than at each resync.
+    #[arg(long, env = "INFLIGHT_BUSY_STATUS_INTERVAL", default_value = "5s", value_parser = positive_duration)]
+    pub busy_status_interval: Duration,
 }
 
 /// Leader election: one replica reconciles, the others wait for its Lease to lapse.

@@ -58,6 +58,8 @@ pub struct Settings {
     pub activator_service: (String, String),
     pub readyz_timeout: Duration,
     pub resync: Duration,
+    /// How often the status of a workload with requests in flight is refreshed.
+    pub busy_status: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -347,6 +349,7 @@ async fn apply(hta: &HttpAutoscaler, ctx: &Context) -> Result<Action, Error> {
         (None, _) => Action::requeue(Duration::from_secs(10)),
         (_, Ok(d)) if d.waiting > 0 => Action::requeue(Duration::from_secs(1)),
         _ if !scaled.ok() => Action::requeue(Duration::from_secs(5)),
+        _ if in_flight > 0.0 => Action::requeue(ctx.settings.busy_status.min(ctx.settings.resync)),
         _ => Action::requeue(ctx.settings.resync),
     })
 }

@@ -121,6 +121,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             activator_service: config.activator_service.clone(),
             readyz_timeout: config.readyz_timeout,
             resync: config.resync_interval,
+            busy_status: config.busy_status_interval,
         },
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
