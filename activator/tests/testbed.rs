@@ -8,120 +8,19 @@
 
 mod bed;
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bed::{
     admin_json, admin_text, at, get, ips, pods, ready_pods, replicas, scaler_calls, send,
     slice_ready, Outcome, Scene, ACTIVATOR, HOLD_GATE,
 };
+use inflight_testbed::traffic::{Load, Tally};
 use inflight_testbed::{eventually, TestBed};
 use serde_json::json;
 
 /// The bed has two cores: the tests of this file take turns rather than share them.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-// ---------------------------------------------------------------------------------------------
-// Load: requests sent by hand (`bed::send`), so that the test knows whether a failed one was ever
-// sent.
-
-/// Clients each sending `GET /` through the Service, one request after another on a new
-/// connection each (kube-proxy picks an endpoint per connection), until stopped. A request
-/// that was never sent is sent again, and counted; any other failure is recorded.
-#[derive(Default)]
-struct Tally {
-    answered: AtomicU64,
-    cold_starts: AtomicU64,
-    resent: AtomicU64,
-    resent_why: Mutex<BTreeMap<String, u64>>,
-    failures: Mutex<Vec<String>>,
-}
-
-struct Load {
-    stop: Arc<AtomicBool>,
-    tally: Arc<Tally>,
-    clients: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr, host: &str, clients: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let tally = Arc::new(Tally::default());
-        let clients = (0..clients)
-            .map(|_| {
-                let (stop, tally, host) = (stop.clone(), tally.clone(), host.to_owned());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        one_request(addr, &host, &tally).await;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                })
-            })
-            .collect();
-        Self {
-            stop,
-            tally,
-            clients,
-        }
-    }
-
-    fn answered(&self) -> u64 {
-        self.tally.answered.load(Ordering::Relaxed)
-    }
-
-    /// Stops the clients once their requests are answered.
-    async fn finish(self) -> Arc<Tally> {
-        self.stop.store(true, Ordering::Relaxed);
-        for c in self.clients {
-            c.await.unwrap();
-        }
-        self.tally
-    }
-}
-
-/// One request, sent again only while it was never sent (at most 100 times).
-async fn one_request(addr: SocketAddr, host: &str, tally: &Tally) {
-    for _ in 0..100 {
-        match send(addr, host, "/", Duration::from_secs(90)).await {
-            Outcome::Answered {
-                status: 200,
-                cold_start,
-                body,
-            } if body.contains("on web-") => {
-                tally.answered.fetch_add(1, Ordering::Relaxed);
-                if cold_start.is_some() {
-                    tally.cold_starts.fetch_add(1, Ordering::Relaxed);
-                }
-                return;
-            }
-            Outcome::Answered { status, body, .. } => {
-                tally
-                    .failures
-                    .lock()
-                    .unwrap()
-                    .push(format!("{status}: {}", body.trim()));
-                return;
-            }
-            Outcome::Failed(why) => {
-                tally.failures.lock().unwrap().push(why);
-                return;
-            }
-            Outcome::NotSent(why) => {
-                tally.resent.fetch_add(1, Ordering::Relaxed);
-                *tally.resent_why.lock().unwrap().entry(why).or_default() += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    tally
-        .failures
-        .lock()
-        .unwrap()
-        .push("never sent in 100 tries".into());
-}
 
 // ---------------------------------------------------------------------------------------------
 
@@ -292,7 +191,7 @@ async fn testbed_an_activator_deleted_while_holding_under_load_loses_no_request_
     let before = ready_pods(tb, ACTIVATOR);
 
     let clients = 8;
-    let load = Load::start(scene.web, &scene.host, clients);
+    let load = Load::start(scene.web, &scene.host, "/", "on web-", clients);
     // KEDA wakes web; its pod waits at the gate, so every client's request stays held.
     let gated = eventually("web woken, its pod held at the gate", 60, || async {
         let p = pods(tb, "web");
@@ -315,7 +214,7 @@ async fn testbed_an_activator_deleted_while_holding_under_load_loses_no_request_
         .unwrap();
     // More clients arrive while it drains and the slice changes: wherever kube-proxy sends them,
     // they are held too.
-    let late = Load::start(scene.web, &scene.host, 4);
+    let late = Load::start(scene.web, &scene.host, "/", "on web-", 4);
     let after = eventually(
         "the Service's slice on the survivor and the replacement",
         90,
@@ -329,7 +228,7 @@ async fn testbed_an_activator_deleted_while_holding_under_load_loses_no_request_
     println!("slice follows: {:?} -> {:?}", ips(&before), ips(&after));
     assert_eq!(replicas(tb, "web").1, 0, "still no web pod ready");
     assert_eq!(
-        load.answered() + late.answered(),
+        load.tally().answered() + late.tally().answered(),
         0,
         "answered before any pod was ready"
     );
@@ -350,17 +249,17 @@ async fn testbed_an_activator_deleted_while_holding_under_load_loses_no_request_
     eventually(
         "every held request answered, then more in serve mode",
         120,
-        || async { (load.answered() >= clients as u64 + 200).then_some(()) },
+        || async { (load.tally().answered() >= clients as u64 + 200).then_some(()) },
     )
     .await;
     eventually("the late clients answered too", 60, || async {
-        (late.answered() >= 4).then_some(())
+        (late.tally().answered() >= 4).then_some(())
     })
     .await;
     let took = woke.elapsed();
     let (tally, late) = (load.finish().await, late.finish().await);
-    let mut failures = tally.failures.lock().unwrap().clone();
-    failures.extend(late.failures.lock().unwrap().iter().cloned());
+    let mut failures = tally.failures();
+    failures.extend(late.failures());
     let count = |f: fn(&Tally) -> &AtomicU64| {
         f(&tally).load(Ordering::Relaxed) + f(&late).load(Ordering::Relaxed)
     };

@@ -29,6 +29,7 @@ pub mod pki;
 pub mod process;
 pub mod query;
 mod testbed;
+pub mod traffic;
 
 pub use api::{client, kubectl_run};
 pub use cluster::{down, status, up, UpOptions};

@@ -25,7 +25,6 @@ use clap::Parser as _;
 use inflight_testbed::images::image_ref;
 use inflight_testbed::{eventually, TestBed};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A scheduling gate the second test puts on the workload's pods, so that the workload stays
@@ -36,92 +35,7 @@ pub use inflight_testbed::manifests::ACTIVATOR;
 
 // ---------------------------------------------------------------------------------------------
 // Requests, sent by hand so that the test knows whether a failed one was ever sent.
-
-/// What one request came to.
-#[derive(Debug)]
-pub enum Outcome {
-    /// A response: its status, its `X-Inflight-Cold-Start` header, its body.
-    Answered {
-        status: u16,
-        cold_start: Option<String>,
-        body: String,
-    },
-    /// Nothing reached a server: the connection was refused, reset or unreachable before the
-    /// request went out. The only failure a client may try again.
-    NotSent(String),
-    /// The request went out and no whole response came back.
-    Failed(String),
-}
-
-/// `GET path` with `Host: host` on a new connection to `addr`, the answer read to its end.
-pub async fn send(addr: SocketAddr, host: &str, path: &str, within: Duration) -> Outcome {
-    let mut stream =
-        match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Outcome::NotSent(format!("connect: {:?}", e.kind())),
-            Err(_) => return Outcome::NotSent("connect: timed out".into()),
-        };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    if let Err(e) = stream.write_all(request.as_bytes()).await {
-        // The kernel refuses to queue the request only on a connection already reset.
-        return Outcome::NotSent(format!("write: {:?}", e.kind()));
-    }
-    let mut raw = Vec::new();
-    match tokio::time::timeout(within, stream.read_to_end(&mut raw)).await {
-        Err(_) => return Outcome::Failed(format!("no whole answer within {within:?}")),
-        Ok(Err(e)) => {
-            return Outcome::Failed(format!(
-                "read after {} bytes: {e} ({:?})",
-                raw.len(),
-                e.kind()
-            ))
-        }
-        Ok(Ok(_)) => {}
-    }
-    let text = String::from_utf8_lossy(&raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return Outcome::Failed(format!("no response head in {text:?}"));
-    };
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok());
-    let Some(status) = status else {
-        return Outcome::Failed(format!("no status line in {head:?}"));
-    };
-    let cold_start = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("x-inflight-cold-start"))
-        .map(|(_, value)| value.trim().to_owned());
-    Outcome::Answered {
-        status,
-        cold_start,
-        body: body.to_owned(),
-    }
-}
-
-/// The JSON an admin port answers at `path`.
-pub async fn admin_json(addr: SocketAddr, path: &str) -> Option<Value> {
-    match send(addr, "admin", path, Duration::from_secs(5)).await {
-        Outcome::Answered {
-            status: 200, body, ..
-        } => serde_json::from_str(&body).ok(),
-        _ => None,
-    }
-}
-
-pub async fn admin_text(addr: SocketAddr, path: &str) -> Option<String> {
-    match send(addr, "admin", path, Duration::from_secs(5)).await {
-        Outcome::Answered {
-            status: 200, body, ..
-        } => Some(body),
-        _ => None,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The cluster's side.
+pub use inflight_testbed::traffic::{admin_json, admin_text, send, Outcome};
 
 pub use inflight_testbed::query::{cluster_ip, get, pods, ready_pods, replicas, slice_ready};
 
