@@ -1,7 +1,9 @@
 //! An HTTP/1.1 + h2c + gRPC app on one port. HTTP: `/` answers after the
 //! configured latency, `/sleep/MS` after MS milliseconds, `/status/N` with
 //! status N, `/healthz` at once. Requests with `content-type:
-//! application/grpc*` go to the gRPC service `inflight.demo.v1.Demo`.
+//! application/grpc*` go to the gRPC service `inflight.demo.v1.Demo`. A
+//! websocket upgrade (HTTP/1.1, any path) is accepted: the app first says
+//! `connected to <pod>`, then echoes every text and binary message.
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -80,7 +82,8 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = service_fn(move |r| route(r, config, pod.clone(), grpc.clone()));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let connection =
+                builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             let _ = watcher.watch(connection).await;
         });
     }
@@ -99,11 +102,69 @@ async fn route(
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if is_websocket(&request) {
+        return Ok(websocket(request, pod));
+    }
     if !is_grpc {
         return Ok(answer(request, config, &pod).await.map(Body::new));
     }
     poll_fn(|cx| Service::<Request<Incoming>>::poll_ready(&mut grpc, cx)).await?;
     grpc.call(request).await
+}
+
+fn is_websocket(request: &Request<Incoming>) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        request.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
+}
+
+/// Accepts the upgrade (RFC 6455's handshake) and echoes on the upgraded connection.
+fn websocket(mut request: Request<Incoming>, pod: Arc<str>) -> Response<Body> {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let Some(key) = request.headers().get(header::SEC_WEBSOCKET_KEY) else {
+        let mut refused = Response::new(Body::empty());
+        *refused.status_mut() = StatusCode::BAD_REQUEST;
+        return refused;
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        if ws
+            .send(Message::text(format!("connected to {pod}")))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        while let Some(Ok(message)) = ws.next().await {
+            if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
+    if let Ok(accept) = header::HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
 }
 
 async fn answer(request: Request<Incoming>, config: AppConfig, pod: &str) -> Response<Full<Bytes>> {

@@ -165,6 +165,30 @@ async fn grpc_echo_honours_latency_and_delay_and_names_the_pod() {
 }
 
 #[tokio::test]
+async fn a_websocket_is_accepted_names_the_pod_and_echoes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let app = App::start("0ms");
+    let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{}/chat", app.addr))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    let hello = ws.next().await.unwrap().unwrap();
+    assert_eq!(hello, Message::text(format!("connected to {POD}")));
+    for text in ["one", "two"] {
+        ws.send(Message::text(text)).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+    }
+    ws.send(Message::binary(vec![0u8, 1, 2])).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::binary(vec![0u8, 1, 2])
+    );
+    // Plain HTTP goes on beside it.
+    assert_eq!(app.get("/healthz").await.0, 200);
+}
+
+#[tokio::test]
 async fn grpc_count_streams_n_replies_in_order() {
     let app = App::start("0ms");
     let mut client = app.grpc().await;
