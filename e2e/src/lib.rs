@@ -151,6 +151,42 @@ pub async fn grpc_echo(
     Ok((reply.message, reply.pod))
 }
 
+/// A websocket to `addr` (a Service's ClusterIP:port) with `Host: host`: the app's greeting
+/// (`connected to <pod>`) and its echo of `message`.
+pub async fn websocket_echo(
+    addr: SocketAddr,
+    host: &str,
+    message: &str,
+) -> Result<(String, String), String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut ws, response) =
+            tokio_tungstenite::client_async(format!("ws://{host}/chat"), stream)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+        if response.status() != 101 {
+            return Err(format!("answered {}", response.status()));
+        }
+        let text = |m: Option<Result<Message, _>>| match m {
+            Some(Ok(Message::Text(text))) => Ok(text.to_string()),
+            other => Err(format!("{other:?}")),
+        };
+        let greeting = text(ws.next().await)?;
+        ws.send(Message::text(message))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let echo = text(ws.next().await)?;
+        Ok((greeting, echo))
+    };
+    tokio::time::timeout(Duration::from_secs(90), exchange)
+        .await
+        .map_err(|_| "no answer within 90s".to_owned())?
+}
+
 /// `ip:port`.
 pub fn at(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap_or([0, 0, 0, 0].into()), port)

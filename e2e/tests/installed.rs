@@ -10,7 +10,9 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use inflight_e2e::{app, at, grpc_echo, hpa_replicas, hta, keda_value, raw, Installed};
+use inflight_e2e::{
+    app, at, grpc_echo, hpa_replicas, hta, keda_value, raw, websocket_echo, Installed,
+};
 use inflight_testbed::query::{cluster_ip, get, pods, ready_pods, replicas};
 use inflight_testbed::traffic::{admin_json, one_request, Load, Tally};
 use inflight_testbed::{eventually, kubectl_run, TestBed};
@@ -49,7 +51,10 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
     assert!(pod.starts_with("app-"), "{pod}");
     let (message, _) = grpc_echo(svc, &host, "awake").await.unwrap();
     assert_eq!(message, "awake");
-    println!("(1) gRPC at zero answered by {pod}, and again awake");
+    let (greeting, echo) = websocket_echo(svc, &host, "awake").await.unwrap();
+    assert!(greeting.starts_with("connected to app-"), "{greeting}");
+    assert_eq!(echo, "awake");
+    println!("(1) gRPC at zero answered by {pod}, and again awake; a websocket awake");
 
     // (2) A steady load of 20 clients, each request 100 ms: the workload goes to the replicas
     // the HPA's formula gives for the value KEDA reads (about 4 at 5 per pod).
@@ -164,7 +169,7 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
         "first requests at zero failed"
     );
     assert_eq!(tally.answered(), 200);
-    let served = served_by_sidecars(&tb).await;
+    let served = served_by_sidecars(&tb, 200).await;
     println!(
         "(7) 200 requests at zero: {} answered, {} after a hold, {} never sent and sent again; \
          the app's sidecars served {served}",
@@ -178,9 +183,139 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
         "none was held at zero"
     );
 
-    // (8) `helm uninstall` with the workload at zero: nothing of inflight is left, and the
-    // workload it scaled is given a pod and its Service back.
+    // (8) A websocket at zero: the upgrade is held, then goes through to the woken pod.
     at_zero(&tb, "after the burst").await;
+    let (greeting, echo) = websocket_echo(svc, &host, "at zero").await.unwrap();
+    assert!(greeting.starts_with("connected to app-"), "{greeting}");
+    assert_eq!(echo, "at zero");
+    println!("(8) a websocket at zero: {greeting}, echoed");
+
+    // (9) The operators' leader killed as a request wakes the workload: the request is answered,
+    // and the other operator completes the switch to serve mode.
+    at_zero(&tb, "after the websocket").await;
+    let killed = leader(&tb);
+    let request = {
+        let host = host.clone();
+        tokio::spawn(async move {
+            let tally = Tally::default();
+            one_request(svc, &host, "/", "on app-", &tally).await;
+            tally.failures()
+        })
+    };
+    kubectl_run(
+        tb.layout(),
+        &[
+            "-n",
+            "inflight",
+            "delete",
+            "pod",
+            &killed,
+            "--grace-period=0",
+            "--force",
+        ],
+    )
+    .unwrap();
+    assert_eq!(request.await.unwrap(), Vec::<String>::new());
+    let (successor, ips) = eventually("another leader switches to serve mode", 180, || async {
+        let successor = leader(&tb);
+        let h = get(&tb, &["hta/app"])?;
+        let ready = ready_pods(&tb, "app");
+        let (serve, _) = inflight_testbed::query::slice_ready(&tb, "app-inflight-serve")?;
+        let ips: Vec<String> = ready.iter().map(|(_, ip)| ip.clone()).collect();
+        (successor != killed && h["status"]["mode"] == "Serve" && !ips.is_empty() && serve == ips)
+            .then_some((successor, ips))
+    })
+    .await;
+    println!(
+        "(9) leader {killed} killed while waking: {successor} switched the Service to {ips:?}"
+    );
+
+    // (10) An activator killed while holding: only what it held is affected, the rest answered.
+    // The workload's pod cannot be scheduled (a node selector no node has) until the test lets
+    // it, so requests stay held as long as needed.
+    at_zero(&tb, "after the leader's death").await;
+    tb.apply(&hta(
+        "app",
+        json!({"minReplicas": 0, "maxReplicas": MAX, "scaleToZeroAfter": "20s",
+               "activation": {"timeout": "180s"}}),
+    ))
+    .unwrap();
+    tb.kubectl(&[
+        "patch",
+        "deployment",
+        "app",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"nodeSelector":{"inflight.dev/e2e":"hold"}}}}}"#,
+    ])
+    .unwrap();
+    let clients = 20;
+    let load = Load::start(svc, &host, "/", "on app-", clients);
+    let activators = ready_pods_in_with_ips(&tb, "inflight", "inflight-activator");
+    let held = eventually("every client's request held", 120, || async {
+        let mut held = Vec::new();
+        for (name, ip) in &activators {
+            let stats = admin_json(at(ip, 15091), "/stats").await?;
+            held.push((stats["held_total"].as_u64()?, name.clone()));
+        }
+        (held.iter().map(|h| h.0).sum::<u64>() == clients as u64).then_some(held)
+    })
+    .await;
+    let (victim_held, victim) = held.iter().max().cloned().unwrap();
+    kubectl_run(
+        tb.layout(),
+        &[
+            "-n",
+            "inflight",
+            "delete",
+            "pod",
+            &victim,
+            "--grace-period=0",
+            "--force",
+        ],
+    )
+    .unwrap();
+    eventually(
+        "the Service's activators without the dead one",
+        120,
+        || async {
+            let act = ready_pods_in_with_ips(&tb, "inflight", "inflight-activator");
+            let (proxy, _) = inflight_testbed::query::slice_ready(&tb, "app-inflight-proxy")?;
+            let ips: Vec<String> = act.iter().map(|(_, ip)| ip.clone()).collect();
+            (act.len() == 2 && !act.iter().any(|(n, _)| *n == victim) && proxy == ips).then_some(())
+        },
+    )
+    .await;
+    tb.kubectl(&[
+        "patch",
+        "deployment",
+        "app",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/template/spec/nodeSelector"}]"#,
+    ])
+    .unwrap();
+    eventually("the clients answered once a pod is ready", 180, || async {
+        (load.tally().answered() >= clients as u64).then_some(())
+    })
+    .await;
+    let tally = load.finish().await;
+    let failures = tally.failures();
+    println!(
+        "(10) activator {victim} killed holding {victim_held} of {clients}: {} answered, {} \
+         failed: {:?}",
+        tally.answered(),
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(
+        failures.len() as u64 <= victim_held,
+        "more failed than the dead activator held"
+    );
+
+    // (11) `helm uninstall` with the workload at zero: nothing of inflight is left, and the
+    // workload it scaled is given a pod and its Service back.
+    at_zero(&tb, "after the activator's death").await;
     system.uninstall().unwrap();
     nothing_left(&tb);
     let (spec, _) = replicas(&tb, "app");
@@ -193,7 +328,7 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
         (tally.answered() == 1).then_some(())
     })
     .await;
-    println!("(8) helm uninstall: nothing left; app at {spec} replicas behind its own Service");
+    println!("(11) helm uninstall: nothing left; app at {spec} replicas behind its own Service");
 }
 
 fn svc_addr(tb: &TestBed) -> std::net::SocketAddr {
@@ -220,6 +355,23 @@ fn in_release(tb: &TestBed, what: &[&str]) -> Value {
 }
 
 fn ready_pods_in(tb: &TestBed, ns: &str, app: &str) -> Vec<String> {
+    ready_pods_in_with_ips(tb, ns, app)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// The operator whose name the Lease holds.
+fn leader(tb: &TestBed) -> String {
+    let lease = in_release(tb, &["lease", "inflight-operator"]);
+    lease["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// (name, IP) of the ready pods labelled `app=<app>` in `ns`.
+fn ready_pods_in_with_ips(tb: &TestBed, ns: &str, app: &str) -> Vec<(String, String)> {
     let list: Value = serde_json::from_str(
         &kubectl_run(
             tb.layout(),
@@ -237,15 +389,22 @@ fn ready_pods_in(tb: &TestBed, ns: &str, app: &str) -> Vec<String> {
         .unwrap_or_default(),
     )
     .unwrap_or_default();
-    list["items"]
+    let mut out: Vec<(String, String)> = list["items"]
         .as_array()
         .cloned()
         .unwrap_or_default()
         .iter()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .filter(|p| inflight_testbed::query::is_ready(p))
-        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
-        .collect()
+        .filter_map(|p| {
+            Some((
+                p["metadata"]["name"].as_str()?.to_owned(),
+                p["status"]["podIP"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    out
 }
 
 /// The app's pods were created with the sidecar the injector adds, labelled with their workload.
@@ -278,17 +437,21 @@ async fn at_zero(tb: &TestBed, when: &str) {
     .await;
 }
 
-/// The requests every pod of the app has served through its sidecar (`/stats` on its admin
-/// port), once every pod that answered is ready to say.
-async fn served_by_sidecars(tb: &TestBed) -> u64 {
-    let mut total = 0;
-    for (name, ip) in ready_pods(tb, "app") {
-        let stats = admin_json(at(&ip, 15090), "/stats")
-            .await
-            .unwrap_or_else(|| panic!("{name}'s sidecar /stats"));
-        total += stats["requests_total"].as_u64().unwrap();
-    }
-    total
+/// The requests the app's pods have served through their sidecars (`/stats` on each admin
+/// port), once they add up to at least `expected`: the activator forwards to a pod as soon as its
+/// sidecar is ready, before the kubelet marks it Ready, so every pod with an address is asked.
+/// Nothing else sends the app requests meanwhile, so the sum only grows.
+async fn served_by_sidecars(tb: &TestBed, expected: u64) -> u64 {
+    eventually("the sidecars to account for the requests", 60, || async {
+        let mut total = 0;
+        for pod in pods(tb, "app") {
+            let ip = pod["status"]["podIP"].as_str()?;
+            let stats = admin_json(at(ip, 15090), "/stats").await?;
+            total += stats["requests_total"].as_u64()?;
+        }
+        (total >= expected).then_some(total)
+    })
+    .await
 }
 
 fn metric(m: &Value, name: &str) -> Option<f64> {
