@@ -71,7 +71,6 @@ fn testbed_the_options_render_what_they_promise() {
     let kinds_all = kinds(&all);
     for present in [
         "Certificate",
-        "ClusterIssuer",
         "ClusterTriggerAuthentication",
         "ServiceMonitor",
         "PodMonitor",
