@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use inflight_e2e::{app, at, grpc_echo, hpa_replicas, hta, keda_value, raw, Installed};
+use inflight_e2e::{app, at, at_zero, grpc_echo, hpa_replicas, hta, keda_value, raw, Installed};
 use inflight_testbed::query::{cluster_ip, get, pods, ready_pods, replicas};
 use inflight_testbed::traffic::{admin_json, one_request, Load, Tally};
 use inflight_testbed::{eventually, kubectl_run, TestBed};
@@ -37,7 +37,7 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
     ))
     .unwrap();
     injected(&tb);
-    at_zero(&tb, "with no traffic").await;
+    at_zero(&tb, "app", "with no traffic").await;
 
     let svc = at(&cluster_ip(&tb, "app"), 80);
     let host = format!("app.{ns}");
@@ -147,7 +147,7 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
 
     // (7) Idle: back to zero after scaleToZeroAfter. Then 200 requests at once: every one
     // answered, by the app, exactly once.
-    at_zero(&tb, "after the load stopped").await;
+    at_zero(&tb, "app", "after the load stopped").await;
     let tally = Arc::new(Tally::default());
     let burst: Vec<_> = (0..200)
         .map(|_| {
@@ -180,7 +180,7 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
 
     // (8) `helm uninstall` with the workload at zero: nothing of inflight is left, and the
     // workload it scaled is given a pod and its Service back.
-    at_zero(&tb, "after the burst").await;
+    at_zero(&tb, "app", "after the burst").await;
     system.uninstall().unwrap();
     nothing_left(&tb);
     let (spec, _) = replicas(&tb, "app");
@@ -263,19 +263,6 @@ fn injected(tb: &TestBed) {
             "deployment.app"
         );
     }
-}
-
-/// Waits until the app is at zero, every pod gone, and its Service in proxy mode (the activators
-/// take its requests).
-async fn at_zero(tb: &TestBed, when: &str) {
-    eventually(&format!("the app at zero {when}"), 300, || async {
-        let h = get(tb, &["hta/app"])?;
-        // No pod at all, a terminating one included: one still draining would answer.
-        let left = get(tb, &["pods", "-l", "app=app"])?;
-        let none = left["items"].as_array().is_some_and(Vec::is_empty);
-        (h["status"]["mode"] == "Proxy" && replicas(tb, "app") == (0, 0) && none).then_some(())
-    })
-    .await;
 }
 
 /// The requests every pod of the app has served through its sidecar (`/stats` on its admin
