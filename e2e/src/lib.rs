@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use inflight_proto::demo::v1::demo_client::DemoClient;
 use inflight_proto::demo::v1::EchoRequest;
-use inflight_testbed::{chart, manifests, query, TestBed};
+use inflight_testbed::{chart, eventually, manifests, query, TestBed};
 use serde_json::{json, Value};
 
 /// The release, installed for the life of this value: a panic in the test uninstalls it too, so
@@ -190,4 +190,20 @@ pub async fn websocket_echo(
 /// `ip:port`.
 pub fn at(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap_or([0, 0, 0, 0].into()), port)
+}
+
+/// Waits until the workload `name` of [`app`] and [`hta`] is at zero, every pod gone, and its
+/// Service in proxy mode (the activators take its requests); `when` names the moment in the
+/// panic that ends the wait after 300 s.
+pub async fn at_zero(tb: &TestBed, name: &str, when: &str) {
+    let selector = format!("app={name}");
+    eventually(&format!("{name} at zero {when}"), 300, || async {
+        let h = query::get(tb, &[&format!("hta/{name}")])?;
+        // No pod at all, a terminating one included: one still draining would answer.
+        let left = query::get(tb, &["pods", "-l", &selector])?;
+        let none = left["items"].as_array().is_some_and(Vec::is_empty);
+        (h["status"]["mode"] == "Proxy" && query::replicas(tb, name) == (0, 0) && none)
+            .then_some(())
+    })
+    .await;
 }

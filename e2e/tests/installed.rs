@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use inflight_e2e::{
-    app, at, grpc_echo, hpa_replicas, hta, keda_value, raw, websocket_echo, Installed,
+    app, at, at_zero, grpc_echo, hpa_replicas, hta, keda_value, raw, websocket_echo, Installed,
 };
 use inflight_testbed::query::{cluster_ip, get, pods, ready_pods, replicas};
 use inflight_testbed::traffic::{admin_json, one_request, Load, Tally};
@@ -39,7 +39,7 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
     ))
     .unwrap();
     injected(&tb);
-    at_zero(&tb, "with no traffic").await;
+    at_zero(&tb, "app", "with no traffic").await;
 
     let svc = at(&cluster_ip(&tb, "app"), 80);
     let host = format!("app.{ns}");
@@ -152,7 +152,7 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
 
     // (7) Idle: back to zero after scaleToZeroAfter. Then 200 requests at once: every one
     // answered, by the app, exactly once.
-    at_zero(&tb, "after the load stopped").await;
+    at_zero(&tb, "app", "after the load stopped").await;
     let tally = Arc::new(Tally::default());
     let burst: Vec<_> = (0..200)
         .map(|_| {
@@ -184,7 +184,7 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
     );
 
     // (8) A websocket at zero: the upgrade is held, then goes through to the woken pod.
-    at_zero(&tb, "after the burst").await;
+    at_zero(&tb, "app", "after the burst").await;
     let (greeting, echo) = websocket_echo(svc, &host, "at zero").await.unwrap();
     assert!(greeting.starts_with("connected to app-"), "{greeting}");
     assert_eq!(echo, "at zero");
@@ -192,7 +192,7 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
 
     // (9) The operators' leader killed as a request wakes the workload: the request is answered,
     // and the other operator completes the switch to serve mode.
-    at_zero(&tb, "after the websocket").await;
+    at_zero(&tb, "app", "after the websocket").await;
     let killed = leader(&tb);
     let request = {
         let host = host.clone();
@@ -233,7 +233,7 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
     // (10) An activator killed while holding: only what it held is affected, the rest answered.
     // The workload's pod cannot be scheduled (a node selector no node has) until the test lets
     // it, so requests stay held as long as needed.
-    at_zero(&tb, "after the leader's death").await;
+    at_zero(&tb, "app", "after the leader's death").await;
     tb.apply(&hta(
         "app",
         json!({"minReplicas": 0, "maxReplicas": MAX, "scaleToZeroAfter": "20s",
@@ -315,7 +315,7 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
 
     // (11) `helm uninstall` with the workload at zero: nothing of inflight is left, and the
     // workload it scaled is given a pod and its Service back.
-    at_zero(&tb, "after the activator's death").await;
+    at_zero(&tb, "app", "after the activator's death").await;
     system.uninstall().unwrap();
     nothing_left(&tb);
     let (spec, _) = replicas(&tb, "app");
@@ -422,19 +422,6 @@ fn injected(tb: &TestBed) {
             "deployment.app"
         );
     }
-}
-
-/// Waits until the app is at zero, every pod gone, and its Service in proxy mode (the activators
-/// take its requests).
-async fn at_zero(tb: &TestBed, when: &str) {
-    eventually(&format!("the app at zero {when}"), 300, || async {
-        let h = get(tb, &["hta/app"])?;
-        // No pod at all, a terminating one included: one still draining would answer.
-        let left = get(tb, &["pods", "-l", "app=app"])?;
-        let none = left["items"].as_array().is_some_and(Vec::is_empty);
-        (h["status"]["mode"] == "Proxy" && replicas(tb, "app") == (0, 0) && none).then_some(())
-    })
-    .await;
 }
 
 /// The requests the app's pods have served through their sidecars (`/stats` on each admin

@@ -14,6 +14,7 @@ pub mod api;
 mod cgroups;
 pub mod chart;
 pub mod cluster;
+pub mod cold_start;
 pub mod components;
 pub mod configs;
 mod daemons;
