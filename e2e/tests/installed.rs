@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use inflight_e2e::{
     app, at, at_zero, grpc_echo, hpa_replicas, hta, keda_value, raw, websocket_echo, Installed,
 };
-use inflight_testbed::query::{cluster_ip, get, pods, ready_pods, replicas};
+use inflight_testbed::query::{self, cluster_ip, get, pods, ready_pods, replicas};
 use inflight_testbed::traffic::{admin_json, one_request, Load, Tally};
 use inflight_testbed::{eventually, kubectl_run, TestBed};
 use serde_json::{json, Value};
@@ -38,7 +38,7 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
         json!({"minReplicas": 0, "maxReplicas": MAX, "scaleToZeroAfter": "20s"}),
     ))
     .unwrap();
-    injected(&tb);
+    injected(&tb).await;
     at_zero(&tb, "app", "with no traffic").await;
 
     let svc = at(&cluster_ip(&tb, "app"), 80);
@@ -70,6 +70,15 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
     })
     .await;
     println!("(2) KEDA reads {value} in flight: {spec} replicas at {TARGET} per pod");
+    // gRPC and a websocket at scale, beside the load.
+    let (message, pod) = grpc_echo(svc, &host, "at scale").await.unwrap();
+    assert_eq!(
+        (message.as_str(), pod.starts_with("app-")),
+        ("at scale", true)
+    );
+    let (greeting, echo) = websocket_echo(svc, &host, "at scale").await.unwrap();
+    assert!(greeting.starts_with("connected to app-"), "{greeting}");
+    assert_eq!(echo, "at scale");
 
     // (3) The SMI API through the aggregation layer: the workload's traffic.
     let smi = eventually("the SMI API's figures for the app", 60, || async {
@@ -91,19 +100,7 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
     // its pods, and no request is lost.
     let watch = Watch::start(&tb);
     let victim = ready_pods_in(&tb, "inflight", "inflight-aggregator")[0].clone();
-    kubectl_run(
-        tb.layout(),
-        &[
-            "-n",
-            "inflight",
-            "delete",
-            "pod",
-            &victim,
-            "--grace-period=0",
-            "--force",
-        ],
-    )
-    .unwrap();
+    kill(&tb, &victim);
     eventually("a replacement aggregator ready", 120, || async {
         let ready = ready_pods_in(&tb, "inflight", "inflight-aggregator");
         (ready.len() == 2 && !ready.contains(&victim)).then_some(())
@@ -202,25 +199,13 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
             tally.failures()
         })
     };
-    kubectl_run(
-        tb.layout(),
-        &[
-            "-n",
-            "inflight",
-            "delete",
-            "pod",
-            &killed,
-            "--grace-period=0",
-            "--force",
-        ],
-    )
-    .unwrap();
+    kill(&tb, &killed);
     assert_eq!(request.await.unwrap(), Vec::<String>::new());
     let (successor, ips) = eventually("another leader switches to serve mode", 180, || async {
         let successor = leader(&tb);
         let h = get(&tb, &["hta/app"])?;
         let ready = ready_pods(&tb, "app");
-        let (serve, _) = inflight_testbed::query::slice_ready(&tb, "app-inflight-serve")?;
+        let (serve, _) = query::slice_ready(&tb, "app-inflight-serve")?;
         let ips: Vec<String> = ready.iter().map(|(_, ip)| ip.clone()).collect();
         (successor != killed && h["status"]["mode"] == "Serve" && !ips.is_empty() && serve == ips)
             .then_some((successor, ips))
@@ -251,7 +236,7 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
     .unwrap();
     let clients = 20;
     let load = Load::start(svc, &host, "/", "on app-", clients);
-    let activators = ready_pods_in_with_ips(&tb, "inflight", "inflight-activator");
+    let activators = query::ready_pods_in(&tb, "inflight", "inflight-activator");
     let held = eventually("every client's request held", 120, || async {
         let mut held = Vec::new();
         for (name, ip) in &activators {
@@ -262,25 +247,13 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
     })
     .await;
     let (victim_held, victim) = held.iter().max().cloned().unwrap();
-    kubectl_run(
-        tb.layout(),
-        &[
-            "-n",
-            "inflight",
-            "delete",
-            "pod",
-            &victim,
-            "--grace-period=0",
-            "--force",
-        ],
-    )
-    .unwrap();
+    kill(&tb, &victim);
     eventually(
         "the Service's activators without the dead one",
         120,
         || async {
-            let act = ready_pods_in_with_ips(&tb, "inflight", "inflight-activator");
-            let (proxy, _) = inflight_testbed::query::slice_ready(&tb, "app-inflight-proxy")?;
+            let act = query::ready_pods_in(&tb, "inflight", "inflight-activator");
+            let (proxy, _) = query::slice_ready(&tb, "app-inflight-proxy")?;
             let ips: Vec<String> = act.iter().map(|(_, ip)| ip.clone()).collect();
             (act.len() == 2 && !act.iter().any(|(n, _)| *n == victim) && proxy == ips).then_some(())
         },
@@ -355,10 +328,27 @@ fn in_release(tb: &TestBed, what: &[&str]) -> Value {
 }
 
 fn ready_pods_in(tb: &TestBed, ns: &str, app: &str) -> Vec<String> {
-    ready_pods_in_with_ips(tb, ns, app)
+    query::ready_pods_in(tb, ns, app)
         .into_iter()
         .map(|(name, _)| name)
         .collect()
+}
+
+/// Kills a pod of the release at once (SIGKILL, no grace): what a node's failure does to it.
+fn kill(tb: &TestBed, pod: &str) {
+    kubectl_run(
+        tb.layout(),
+        &[
+            "-n",
+            "inflight",
+            "delete",
+            "pod",
+            pod,
+            "--grace-period=0",
+            "--force",
+        ],
+    )
+    .unwrap();
 }
 
 /// The operator whose name the Lease holds.
@@ -370,47 +360,13 @@ fn leader(tb: &TestBed) -> String {
         .to_owned()
 }
 
-/// (name, IP) of the ready pods labelled `app=<app>` in `ns`.
-fn ready_pods_in_with_ips(tb: &TestBed, ns: &str, app: &str) -> Vec<(String, String)> {
-    let list: Value = serde_json::from_str(
-        &kubectl_run(
-            tb.layout(),
-            &[
-                "-n",
-                ns,
-                "get",
-                "pods",
-                "-l",
-                &format!("app={app}"),
-                "-o",
-                "json",
-            ],
-        )
-        .unwrap_or_default(),
-    )
-    .unwrap_or_default();
-    let mut out: Vec<(String, String)> = list["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .filter(|p| inflight_testbed::query::is_ready(p))
-        .filter_map(|p| {
-            Some((
-                p["metadata"]["name"].as_str()?.to_owned(),
-                p["status"]["podIP"].as_str()?.to_owned(),
-            ))
-        })
-        .collect();
-    out.sort_by(|a, b| a.1.cmp(&b.1));
-    out
-}
-
 /// The app's pods were created with the sidecar the injector adds, labelled with their workload.
-fn injected(tb: &TestBed) {
-    let pods = pods(tb, "app");
-    assert!(!pods.is_empty());
+async fn injected(tb: &TestBed) {
+    let pods = eventually("the app's first pod", 60, || async {
+        let pods = pods(tb, "app");
+        (!pods.is_empty()).then_some(pods)
+    })
+    .await;
     for pod in pods {
         let names: Vec<&str> = pod["spec"]["initContainers"]
             .as_array()

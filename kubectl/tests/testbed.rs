@@ -76,15 +76,7 @@ async fn testbed_top_and_status_show_the_autoscaler_and_the_value_keda_reads() {
     let tb = TestBed::shared().await.unwrap();
     let ns = tb.namespace().to_owned();
     tb.enforce_restricted().await.unwrap();
-    let crd: Value = serde_json::from_str(&inflight_api::crd_text()).unwrap();
-    tb.apply_in("default", &crd).unwrap();
-    tb.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/httpautoscalers.inflight.dev",
-    ])
-    .unwrap();
+    chart::install_crd(tb.layout()).unwrap();
     chart::apply_rbac(&tb, "aggregator-rbac.yaml").unwrap();
     chart::apply_rbac(&tb, "operator-rbac.yaml").unwrap();
     // The aggregator starts once the operator's TLS bootstrap has made its certificates.

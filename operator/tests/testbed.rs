@@ -712,16 +712,7 @@ async fn testbed_without_keda_the_condition_says_to_install_it() {
     }
     let _down = Down(name);
     let kubectl = |args: &[&str]| inflight_testbed::kubectl_run(&layout, args);
-    let crd = std::env::temp_dir().join("inflight-nokeda-crd.json");
-    std::fs::write(&crd, inflight_api::crd_text()).unwrap();
-    kubectl(&["apply", "-f", &crd.display().to_string()]).unwrap();
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/httpautoscalers.inflight.dev",
-    ])
-    .unwrap();
+    inflight_testbed::chart::install_crd(&layout).unwrap();
     let manifest = std::env::temp_dir().join("inflight-nokeda.json");
     let list = json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},

@@ -121,6 +121,36 @@ pub fn uninstall(tb: &TestBed) -> Result<String, Error> {
     )
 }
 
+/// Installs the chart's CRD (`crds/`, which an `api` test keeps equal to the code's) as Helm
+/// would, and waits until the API server serves it. Idempotent, and safe for tests side by side
+/// to call at once: a server-side apply creates or updates in one call, where a client-side
+/// apply of a CRD that is missing (`helm uninstall` deletes it) races another's create and fails
+/// with AlreadyExists.
+pub fn install_crd(layout: &crate::Layout) -> Result<(), Error> {
+    let crd = dir().join("crds/httpautoscalers.inflight.dev.yaml");
+    crate::api::kubectl_run(
+        layout,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=inflight-tests",
+            "-f",
+            &crd.display().to_string(),
+        ],
+    )?;
+    crate::api::kubectl_run(
+        layout,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/httpautoscalers.inflight.dev",
+        ],
+    )
+    .map(drop)
+}
+
 /// Applies the chart's NetworkPolicies (`networkpolicies.yaml`) in the test's namespace, as a
 /// release there would have them.
 pub fn apply_network_policies(tb: &TestBed) -> Result<(), Error> {

@@ -70,9 +70,34 @@ pub fn is_ready(pod: &Value) -> bool {
 
 /// (name, IP) of the ready pods of `app`, by IP.
 pub fn ready_pods(tb: &TestBed, app: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = pods(tb, app)
+    ready_pods_in(tb, tb.namespace(), app)
+}
+
+/// (name, IP) of the ready pods labelled `app=<app>` in namespace `ns` (that are not being
+/// deleted), by IP.
+pub fn ready_pods_in(tb: &TestBed, ns: &str, app: &str) -> Vec<(String, String)> {
+    let list: Value = crate::api::kubectl_run(
+        tb.layout(),
+        &[
+            "-n",
+            ns,
+            "get",
+            "pods",
+            "-l",
+            &format!("app={app}"),
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .and_then(|s| serde_json::from_str(&s).ok())
+    .unwrap_or_default();
+    let mut out: Vec<(String, String)> = list["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
         .iter()
-        .filter(|p| is_ready(p))
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null() && is_ready(p))
         .filter_map(|p| {
             Some((
                 p["metadata"]["name"].as_str()?.to_owned(),

@@ -101,15 +101,8 @@ async fn testbed_what_helm_template_renders_passes_a_server_side_dry_run() {
     std::fs::write(&path, &text).unwrap();
     // The CRD first, as Helm installs crds/ before the templates; then everything else, checked
     // by the API server against each kind's schema and admission, and not stored.
-    let crd = chart::dir().join("crds/httpautoscalers.inflight.dev.yaml");
+    chart::install_crd(tb.layout()).unwrap();
     let kubectl = |args: &[&str]| api::kubectl_run(tb.layout(), args).unwrap();
-    kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        &crd.display().to_string(),
-    ]);
     // No `-n`: each namespaced object names its own (KEDA's Role is in KEDA's).
     let out = kubectl(&[
         "apply",

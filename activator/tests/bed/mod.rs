@@ -347,15 +347,7 @@ impl Scene {
         // Every pod of the scene (the aggregator, the activators, web with the proxy the
         // injector adds) passes the restricted Pod Security Standard, or it would not be admitted.
         tb.enforce_restricted().await.unwrap();
-        let crd: Value = serde_json::from_str(&inflight_api::crd_text()).unwrap();
-        tb.apply_in("default", &crd).unwrap();
-        tb.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/httpautoscalers.inflight.dev",
-        ])
-        .unwrap();
+        inflight_testbed::chart::install_crd(tb.layout()).unwrap();
         let ingest = format!("http://inflight-aggregator-ingest.{ns}.svc.cluster.local:9090");
         let (injector, injector_admin) = injector(tb, &ingest).await;
         scene.injector = Some(injector);

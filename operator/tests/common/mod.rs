@@ -176,15 +176,7 @@ pub fn hta(name: &str, target: &str, spec: Value) -> Value {
 
 /// The CRD, applied by every test that needs it (kubectl apply is idempotent).
 pub fn install_crd(tb: &TestBed) {
-    let crd: Value = serde_json::from_str(&inflight_api::crd_text()).unwrap();
-    tb.apply_in("default", &crd).unwrap();
-    tb.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/httpautoscalers.inflight.dev",
-    ])
-    .unwrap();
+    inflight_testbed::chart::install_crd(tb.layout()).unwrap();
 }
 
 /// `kubectl get` of one object as JSON, `None` when it does not exist.
