@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use inflight_proto::demo::v1::demo_client::DemoClient;
 use inflight_proto::demo::v1::EchoRequest;
+pub use inflight_testbed::traffic::at;
 use inflight_testbed::{chart, eventually, manifests, query, TestBed};
 use serde_json::{json, Value};
 
@@ -100,18 +101,7 @@ pub fn keda_value(tb: &TestBed, name: &str) -> Option<f64> {
             "/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}?labelSelector=scaledobject.keda.sh%2Fname%3D{name}"
         ),
     )?;
-    quantity(list["items"][0]["value"].as_str()?)
-}
-
-/// A Kubernetes quantity as KEDA and the SMI API write one: `12`, `12500m`, `400u`.
-pub fn quantity(text: &str) -> Option<f64> {
-    if let Some(milli) = text.strip_suffix('m') {
-        milli.parse::<f64>().ok().map(|m| m / 1e3)
-    } else if let Some(micro) = text.strip_suffix('u') {
-        micro.parse::<f64>().ok().map(|u| u / 1e6)
-    } else {
-        text.parse().ok()
-    }
+    smi_types::quantity::parse(list["items"][0]["value"].as_str()?)
 }
 
 /// The replicas the HPA's formula gives for `value` at `target` per pod, within `[min, max]`.
@@ -185,11 +175,6 @@ pub async fn websocket_echo(
     tokio::time::timeout(Duration::from_secs(90), exchange)
         .await
         .map_err(|_| "no answer within 90s".to_owned())?
-}
-
-/// `ip:port`.
-pub fn at(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse().unwrap_or([0, 0, 0, 0].into()), port)
 }
 
 /// Waits until the workload `name` of [`app`] and [`hta`] is at zero, every pod gone, and its

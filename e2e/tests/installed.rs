@@ -403,7 +403,7 @@ fn metric(m: &Value, name: &str) -> Option<f64> {
         .iter()
         .find(|x| x["name"] == name)
         .and_then(|x| x["value"].as_str())
-        .and_then(inflight_e2e::quantity)
+        .and_then(smi_types::quantity::parse)
 }
 
 /// What KEDA reads and the replicas the app has, read again and again in the background: the

@@ -14,7 +14,6 @@ pub mod cli;
 pub mod connect;
 pub mod format;
 pub mod formula;
-pub mod quantity;
 pub mod status;
 pub mod top;
 

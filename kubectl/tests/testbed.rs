@@ -124,6 +124,7 @@ async fn testbed_top_and_status_show_the_autoscaler_and_the_value_keda_reads() {
     assert!(ok, "top failed: {err}");
     let mut lines = out.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, inflight_kubectl::top::render::HEADERS);
     assert_eq!(
         header,
         [

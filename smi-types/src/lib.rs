@@ -3,6 +3,8 @@
 //! `TrafficMetrics` and `TrafficMetricsList` kinds and the discovery documents an aggregated API
 //! server answers with. The project archived the spec in 2023; these types are kept here, whole.
 
+pub mod quantity;
+
 use serde::{Deserialize, Serialize};
 
 pub const GROUP: &str = "metrics.smi-spec.io";

@@ -12,6 +12,15 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// `ip:port`, for a pod's address as the API reports it (an address that does not parse is the
+/// unspecified one, which no connection reaches: the caller's request then says so).
+pub fn at(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(
+        ip.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        port,
+    )
+}
+
 /// What one request came to.
 #[derive(Debug)]
 pub enum Outcome {

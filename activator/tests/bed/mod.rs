@@ -35,16 +35,12 @@ pub use inflight_testbed::manifests::ACTIVATOR;
 
 // ---------------------------------------------------------------------------------------------
 // Requests, sent by hand so that the test knows whether a failed one was ever sent.
-pub use inflight_testbed::traffic::{admin_json, admin_text, send, Outcome};
+pub use inflight_testbed::traffic::{admin_json, admin_text, at, send, Outcome};
 
 pub use inflight_testbed::query::{cluster_ip, get, pods, ready_pods, replicas, slice_ready};
 
 pub fn ips(pods: &[(String, String)]) -> Vec<String> {
     pods.iter().map(|(_, ip)| ip.clone()).collect()
-}
-
-pub fn at(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse().unwrap(), port)
 }
 
 /// `inflight_aggregator_scaler_calls_total{method="<method>"}` in a `/metrics` text.

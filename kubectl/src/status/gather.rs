@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use super::{Event, Hpa, KedaCondition, KedaValue, ScaledObject, Snapshot};
 use crate::connect::{api_code, reason, Connection};
-use crate::{quantity, Error};
+use crate::Error;
+use smi_types::quantity;
 
 /// The most Events shown.
 pub const EVENTS: usize = 10;

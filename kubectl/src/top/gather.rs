@@ -12,7 +12,8 @@ use smi_types::{TrafficMetrics, TrafficMetricsList, GROUP_VERSION};
 
 use super::{More, Row, Scope, Snapshot, Traffic};
 use crate::connect::{api_code, reason, Connection};
-use crate::{quantity, Error};
+use crate::Error;
+use smi_types::quantity;
 
 /// The autoscalers of `scope` (at most `limit`) with their traffic.
 pub async fn snapshot(
