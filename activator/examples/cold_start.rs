@@ -20,14 +20,13 @@
 mod bed;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
-use bed::{send, Scene};
+use bed::Scene;
 use clap::Parser;
 use inflight_proto::externalscaler::external_scaler_client::ExternalScalerClient;
 use inflight_testbed::cold_start::{
-    inactive_stream, injector_reviews, line, review_ms, scaled_object_ref, summarise, Activation,
-    Target, Watches,
+    activate, inactive_stream, line, scaled_object_ref, summarise, Knobs, Request, Target,
 };
 use inflight_testbed::{eventually, TestBed};
 use serde_json::json;
@@ -40,20 +39,8 @@ struct Args {
     /// Where to write every figure, as JSON.
     #[arg(long)]
     out: PathBuf,
-    /// The HTTPAutoscaler's `scaleToZeroAfter` (idle time before KEDA takes `web` back to zero).
-    #[arg(long, default_value = "10s")]
-    scale_to_zero_after: String,
-    /// KEDA's `pollingInterval` (how often it asks IsActive; the scale-down to zero waits for
-    /// it, the wake-up does not: it is pushed).
-    #[arg(long, default_value = "2s")]
-    polling_interval: String,
-    /// How long to wait, once `web` is at zero with no pod left, before sending the request
-    /// (what went on before settles).
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    settle: Duration,
-    /// Interval of the polls of the new pod's sidecar `/readyz`.
-    #[arg(long, default_value = "2ms", value_parser = humantime::parse_duration)]
-    readyz_poll: Duration,
+    #[command(flatten)]
+    knobs: Knobs,
 }
 
 fn main() {
@@ -67,8 +54,8 @@ fn main() {
 }
 
 async fn run(args: Args) {
-    let spec = json!({"maxReplicas": 1, "scaleToZeroAfter": args.scale_to_zero_after,
-                      "pollingInterval": args.polling_interval});
+    let spec = json!({"maxReplicas": 1, "scaleToZeroAfter": args.knobs.scale_to_zero_after,
+                      "pollingInterval": args.knobs.polling_interval});
     let scene =
         Scene::start_with_latency(TestBed::shared().await.unwrap(), spec.clone(), false, "0s")
             .await;
@@ -84,7 +71,15 @@ async fn run(args: Args) {
         namespace: ns.clone(),
         deployment: "web".into(),
         selector: "app=web".into(),
-        readyz_poll: args.readyz_poll,
+        readyz_poll: args.knobs.readyz_poll,
+    };
+    let injectors = [scene.injector_admin];
+    let request = Request {
+        target: &target,
+        addr: scene.web,
+        host: &scene.host,
+        marker: "on web-",
+        injectors: &injectors,
     };
     println!(
         "cold_start: {} activations of web in {ns}; StreamIsActive from {grpc} with {:?}",
@@ -104,33 +99,11 @@ async fn run(args: Args) {
         })
         .await;
         let waited = cycle.elapsed();
-        tokio::time::sleep(args.settle).await;
+        tokio::time::sleep(args.knobs.settle).await;
 
         // The push stream, opened before the request; the aggregator says the state now first.
         let pushes = inactive_stream(&mut keda, &object).await.unwrap();
-        let watches = Watches::start(&target, Some(pushes)).await;
-        let reviews_before = injector_reviews(&[scene.injector_admin]).await;
-
-        let sent_wall = SystemTime::now();
-        let sent = Instant::now();
-        let answer = send(scene.web, &scene.host, "/", Duration::from_secs(120)).await;
-        let answered = Instant::now();
-        let marks = watches.finish(Duration::from_secs(15)).await;
-        let record = Activation {
-            number: i,
-            sent_wall,
-            sent,
-            answered,
-            answer: &answer,
-            marker: "on web-",
-            marks,
-            waited_for_zero: waited,
-            injector_review_ms: review_ms(
-                reviews_before,
-                injector_reviews(&[scene.injector_admin]).await,
-            ),
-        }
-        .record(&scene.tb, "app=web");
+        let record = activate(&scene.tb, &request, i, Some(pushes), waited).await;
         println!("{}", line(&record, args.n));
         activations.push(record);
     }
@@ -140,8 +113,8 @@ async fn run(args: Args) {
         "namespace": ns,
         "hta_spec": spec,
         "web_latency": "0s",
-        "readyz_poll_ms": args.readyz_poll.as_secs_f64() * 1e3,
-        "settle_s": args.settle.as_secs_f64(),
+        "readyz_poll_ms": args.knobs.readyz_poll.as_secs_f64() * 1e3,
+        "settle_s": args.knobs.settle.as_secs_f64(),
         "scaler_metadata": object.scaler_metadata,
         "seconds": begun.elapsed().as_secs_f64(),
         "activations": activations,

@@ -25,15 +25,14 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use clap::Parser;
 use inflight_e2e::{app, at, at_zero, hta, Installed};
 use inflight_proto::externalscaler::external_scaler_client::ExternalScalerClient;
 use inflight_testbed::cold_start::{
-    inactive_stream, injector_reviews, line, review_ms, scaled_object_ref, summarise, Activation,
-    Target, Watches,
+    activate, inactive_stream, line, scaled_object_ref, summarise, Knobs, Request, Target,
 };
 use inflight_testbed::query::{cluster_ip, get, ready_pods, replicas};
 use inflight_testbed::traffic::send;
@@ -57,18 +56,8 @@ struct Args {
     /// The demo app's time a request (`--latency`).
     #[arg(long, default_value = "0s")]
     latency: String,
-    /// The HTTPAutoscaler's `scaleToZeroAfter`.
-    #[arg(long, default_value = "10s")]
-    scale_to_zero_after: String,
-    /// KEDA's `pollingInterval` (the scale-down to zero waits for it; the wake-up is pushed).
-    #[arg(long, default_value = "2s")]
-    polling_interval: String,
-    /// How long to wait, once the app is at zero, before sending the request.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    settle: Duration,
-    /// Interval of the polls of the new pod's sidecar `/readyz`.
-    #[arg(long, default_value = "2ms", value_parser = humantime::parse_duration)]
-    readyz_poll: Duration,
+    #[command(flatten)]
+    knobs: Knobs,
     /// Steady state: requests a second in all.
     #[arg(long, default_value_t = 200)]
     rate: u32,
@@ -113,8 +102,8 @@ async fn run(args: Args) {
         .unwrap();
     tb.apply(&app(NAME, 1, &args.latency)).unwrap();
     let spec = json!({"minReplicas": 0, "maxReplicas": 1,
-                      "scaleToZeroAfter": args.scale_to_zero_after,
-                      "pollingInterval": args.polling_interval});
+                      "scaleToZeroAfter": args.knobs.scale_to_zero_after,
+                      "pollingInterval": args.knobs.polling_interval});
     tb.apply(&hta(NAME, spec.clone())).unwrap();
     println!(
         "installed: app (latency {}) in {ns} under {spec}",
@@ -186,10 +175,17 @@ async fn cold_starts(tb: &TestBed, args: &Args) -> Value {
         namespace: ns.clone(),
         deployment: NAME.into(),
         selector: SELECTOR.into(),
-        readyz_poll: args.readyz_poll,
+        readyz_poll: args.knobs.readyz_poll,
     };
     let svc = at(&cluster_ip(tb, NAME), 80);
     let host = format!("{NAME}.{ns}");
+    let request = Request {
+        target: &target,
+        addr: svc,
+        host: &host,
+        marker: "on app-",
+        injectors: &injectors,
+    };
     println!(
         "installed: {} cold starts of {NAME} through {svc} (Host {host}); injectors {injectors:?}",
         args.n
@@ -200,39 +196,21 @@ async fn cold_starts(tb: &TestBed, args: &Args) -> Value {
         let cycle = Instant::now();
         at_zero(tb, NAME, &format!("before activation {i}")).await;
         let waited = cycle.elapsed();
-        tokio::time::sleep(args.settle).await;
+        tokio::time::sleep(args.knobs.settle).await;
 
         let pushes = match keda.as_mut() {
             Some(k) => Some(inactive_stream(k, &object).await.unwrap()),
             None => None,
         };
-        let watches = Watches::start(&target, pushes).await;
-        let reviews_before = injector_reviews(&injectors).await;
-        let sent_wall = SystemTime::now();
-        let sent = Instant::now();
-        let answer = send(svc, &host, "/", Duration::from_secs(120)).await;
-        let answered = Instant::now();
-        let marks = watches.finish(Duration::from_secs(15)).await;
-        let record = Activation {
-            number: i,
-            sent_wall,
-            sent,
-            answered,
-            answer: &answer,
-            marker: "on app-",
-            marks,
-            waited_for_zero: waited,
-            injector_review_ms: review_ms(reviews_before, injector_reviews(&injectors).await),
-        }
-        .record(tb, SELECTOR);
+        let record = activate(tb, &request, i, pushes, waited).await;
         println!("{}", line(&record, args.n));
         activations.push(record);
     }
     let mut result = summarise(&activations);
     let more = json!({
         "seconds": begun.elapsed().as_secs_f64(),
-        "settle_s": args.settle.as_secs_f64(),
-        "readyz_poll_ms": args.readyz_poll.as_secs_f64() * 1e3,
+        "settle_s": args.knobs.settle.as_secs_f64(),
+        "readyz_poll_ms": args.knobs.readyz_poll.as_secs_f64() * 1e3,
         "scaler_metadata": object.scaler_metadata,
         "no_push": no_push,
         "injectors": injectors.len(),

@@ -273,6 +273,70 @@ impl Watches {
     }
 }
 
+/// The knobs of a cold-start benchmark's activations, the same for every scene that times them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Knobs {
+    /// The HTTPAutoscaler's `scaleToZeroAfter` (idle time before KEDA takes the workload back
+    /// to zero).
+    #[arg(long, default_value = "10s")]
+    pub scale_to_zero_after: String,
+    /// KEDA's `pollingInterval` (how often it asks IsActive; the scale-down to zero waits for
+    /// it, the wake-up does not: it is pushed).
+    #[arg(long, default_value = "2s")]
+    pub polling_interval: String,
+    /// How long to wait, once the workload is at zero with no pod left, before sending the
+    /// request (what went on before settles).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+    /// Interval of the polls of the new pod's sidecar `/readyz`.
+    #[arg(long, default_value = "2ms", value_parser = humantime::parse_duration)]
+    pub readyz_poll: Duration,
+}
+
+/// Where one activation's request goes, and what is read around it.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub target: &'a Target,
+    /// The Service the request is sent to (its ClusterIP:port), with `Host: host`.
+    pub addr: SocketAddr,
+    pub host: &'a str,
+    /// What the body of a good answer contains (`on web-`).
+    pub marker: &'a str,
+    /// The injectors' admin ports ([`injector_reviews`]).
+    pub injectors: &'a [SocketAddr],
+}
+
+/// Times activation `number` of a workload at zero: the watches opened (and the push awaited on
+/// `pushes`, from [`inactive_stream`]), `GET /` sent and answered, then every figure recorded
+/// ([`Activation::record`]).
+pub async fn activate(
+    tb: &TestBed,
+    request: &Request<'_>,
+    number: usize,
+    pushes: Option<tonic::Streaming<IsActiveResponse>>,
+    waited_for_zero: Duration,
+) -> Value {
+    let watches = Watches::start(request.target, pushes).await;
+    let reviews_before = injector_reviews(request.injectors).await;
+    let sent_wall = SystemTime::now();
+    let sent = Instant::now();
+    let answer = send(request.addr, request.host, "/", Duration::from_secs(120)).await;
+    let answered = Instant::now();
+    let marks = watches.finish(Duration::from_secs(15)).await;
+    Activation {
+        number,
+        sent_wall,
+        sent,
+        answered,
+        answer: &answer,
+        marker: request.marker,
+        marks,
+        waited_for_zero,
+        injector_review_ms: review_ms(reviews_before, injector_reviews(request.injectors).await),
+    }
+    .record(tb, &request.target.selector)
+}
+
 /// One activation as it went, to be recorded.
 #[derive(Debug)]
 pub struct Activation<'a> {
