@@ -38,7 +38,8 @@ TARGET="${TARGET:-5}"
 SCHEDULE="${SCHEDULE:-10:15s,50:20s,100:25s,30:15s}"
 SCALE_TO_ZERO_AFTER="${SCALE_TO_ZERO_AFTER:-30s}"
 
-step() { printf '\n== %s\n' "$*"; }
+# Each step shows the time since the start, so a slow run says where its time went.
+step() { printf '\n== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 # Nothing ends this script without saying where and why.
 trap 'echo "demo.sh: failed at line $LINENO: $BASH_COMMAND (exit $?)" >&2' ERR
 # shellcheck source=lib/testbed.sh

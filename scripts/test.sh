@@ -31,7 +31,8 @@ if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
         python3 -m pip install --quiet --break-system-packages grpcio grpcio-tools
 fi
 
-step() { printf '\n== %s\n' "$*"; }
+# Each step shows the time since the start, so a slow run says where its time went.
+step() { printf '\n== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -64,3 +65,4 @@ if ! "$testbed" status | grep -q 'healthy: true'; then
 fi
 step "tests on the test bed (cargo test -- --ignored)"
 cargo test --workspace --locked -- --ignored
+step "all checks passed"
