@@ -33,12 +33,14 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
     tb.kubectl(&["label", "namespace", &ns, "inflight.dev/inject=enabled"])
         .unwrap();
     tb.apply(&app("app", 1, "100ms")).unwrap();
+    // Its first pod before the HTTPAutoscaler: KEDA scales an idle workload to zero as soon as it
+    // takes it, which can be before the ReplicaSet has made a pod to look at.
+    injected(&tb).await;
     tb.apply(&hta(
         "app",
         json!({"minReplicas": 0, "maxReplicas": MAX, "scaleToZeroAfter": "20s"}),
     ))
     .unwrap();
-    injected(&tb).await;
     at_zero(&tb, "app", "with no traffic").await;
 
     let svc = at(&cluster_ip(&tb, "app"), 80);
