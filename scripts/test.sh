@@ -47,8 +47,21 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo check of the fuzz targets (fuzz/)"
 (cd fuzz && cargo check --bins)
 
-step "cargo test (unit and loopback tests)"
-cargo test --workspace --locked
+# cargo-nextest runs the tests: each in a process of its own and the binaries side by side, which
+# matters on the bed, where tests mostly wait on Kubernetes. Built once, kept in the cache.
+NEXTEST_VERSION=0.9.151
+tools="$HOME/.cache/inflight/tools"
+if ! "$tools/bin/cargo-nextest" nextest --version 2>/dev/null | grep -q "^cargo-nextest $NEXTEST_VERSION"; then
+    step "cargo-nextest $NEXTEST_VERSION (built once into $tools)"
+    cargo install cargo-nextest --version "$NEXTEST_VERSION" --locked --root "$tools" \
+        --no-default-features --features default-no-update
+fi
+export PATH="$tools/bin:$PATH"
+# Libraries, binaries and tests; the examples are compiled by clippy above and run by bench/.
+targets=(--workspace --locked --lib --bins --tests)
+
+step "unit and loopback tests (cargo nextest run; .config/nextest.toml)"
+cargo nextest run "${targets[@]}" --test-threads 4
 
 if [[ ${INFLIGHT_SKIP_TESTBED:-} == 1 ]]; then
     step "test bed tests skipped (INFLIGHT_SKIP_TESTBED=1)"
@@ -62,7 +75,14 @@ prepare_testbed
 # starts is brought down at the end, whatever the outcome.
 if ! "$testbed" status | grep -q 'healthy: true'; then
     trap '"$testbed" down || true' EXIT
+    step "the test bed: up"
+    "$testbed" up
 fi
-step "tests on the test bed (cargo test -- --ignored)"
-cargo test --workspace --locked -- --ignored
+# The tests share the bed, each in namespaces of its own (.config/nextest.toml has the few that
+# take turns). The end-to-end test installs the chart, which is cluster-wide (an operator of every
+# namespace, the injector's webhook, the SMI APIService): it runs alone, after them.
+step "tests on the test bed, side by side (cargo nextest run --run-ignored only)"
+cargo nextest run "${targets[@]}" --run-ignored only --test-threads 8 -E 'not package(inflight-e2e)'
+step "the end-to-end test, alone on the bed (e2e/tests/installed.rs)"
+cargo nextest run "${targets[@]}" --run-ignored only --no-capture -E 'package(inflight-e2e)'
 step "all checks passed"
