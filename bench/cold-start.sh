@@ -38,6 +38,8 @@ trap 'echo "cold-start.sh: failed at line $LINENO: $BASH_COMMAND (exit $?)" >&2'
 # The CLI, the cluster's components, our binaries and their images (scripts/lib/testbed.sh).
 # shellcheck source=../scripts/lib/testbed.sh
 source scripts/lib/testbed.sh
+# What is measured is what ships: the images built with the release profile.
+export INFLIGHT_IMAGE_PROFILE=${INFLIGHT_IMAGE_PROFILE:-release}
 prepare_testbed
 
 step "the benchmark ($PROFILE build of activator/examples/cold_start.rs)"

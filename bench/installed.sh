@@ -39,6 +39,8 @@ if [[ ${PREPARE:-1} == 1 ]]; then
     # The CLI, the cluster's components, our binaries and their images (scripts/lib/testbed.sh).
     # shellcheck source=../scripts/lib/testbed.sh
     source scripts/lib/testbed.sh
+    # What is measured is what ships: the images built with the release profile.
+    export INFLIGHT_IMAGE_PROFILE=${INFLIGHT_IMAGE_PROFILE:-release}
     prepare_testbed
 else
     cargo build --locked -p inflight-testbed >&2

@@ -45,9 +45,10 @@ trap 'echo "demo.sh: failed at line $LINENO: $BASH_COMMAND (exit $?)" >&2' ERR
 # shellcheck source=lib/testbed.sh
 source scripts/lib/testbed.sh
 prepare_testbed
-cargo build --release --locked -p kubectl-inflight
-inflight="$CARGO_TARGET_DIR/release/kubectl-inflight"
-load_bin="$CARGO_TARGET_DIR/release/inflight-demo-app"
+profile=${INFLIGHT_IMAGE_PROFILE:-bed}
+cargo build --profile "$profile" --locked -p kubectl-inflight
+inflight="$CARGO_TARGET_DIR/$profile/kubectl-inflight"
+load_bin="$CARGO_TARGET_DIR/$profile/inflight-demo-app"
 
 cache="${INFLIGHT_CACHE:-$HOME/.cache/inflight}/testbed"
 kubectl() { "$cache/kubernetes-$(sed -n 's/^KUBERNETES_VERSION=//p' testbed/versions.env)/bin/kubectl" "$@"; }

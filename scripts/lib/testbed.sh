@@ -1,6 +1,8 @@
 # Sourced by test.sh and demo.sh: gets the test bed's parts ready.
 #   prepare_testbed   builds the CLI, the cluster's components (once per version) and the images
 #                     of our binaries (only those that changed); sets $testbed to the CLI's path.
+# The images are built with Cargo's profile $INFLIGHT_IMAGE_PROFILE: `bed` (Cargo.toml) unless a
+# benchmark asks for `release`, what ships.
 
 prepare_testbed() {
     if [[ $(id -u) != 0 ]]; then
@@ -14,8 +16,9 @@ prepare_testbed() {
     "$testbed" build
     echo "components ready in $((SECONDS - started))s"
 
-    step "test bed: images of our binaries (rebuilt only when they changed)"
-    cargo build --release --locked -p inflight-proxy -p inflight-aggregator -p inflight-activator -p inflight-demo-app \
-        -p inflight-injector -p inflight-operator
-    "$testbed" images --bin-dir "$CARGO_TARGET_DIR/release"
+    step "test bed: images of our binaries (profile ${INFLIGHT_IMAGE_PROFILE:-bed}; rebuilt only when they changed)"
+    local profile=${INFLIGHT_IMAGE_PROFILE:-bed}
+    cargo build --profile "$profile" --locked -p inflight-proxy -p inflight-aggregator -p inflight-activator \
+        -p inflight-demo-app -p inflight-injector -p inflight-operator
+    "$testbed" images --bin-dir "$CARGO_TARGET_DIR/$profile"
 }
