@@ -79,10 +79,14 @@ if ! "$testbed" status | grep -q 'healthy: true'; then
     "$testbed" up
 fi
 # The tests share the bed, each in namespaces of its own (.config/nextest.toml has the few that
-# take turns). The end-to-end test installs the chart, which is cluster-wide (an operator of every
-# namespace, the injector's webhook, the SMI APIService): it runs alone, after them.
+# take turns). Two run alone, after them: the end-to-end test installs the chart, which is
+# cluster-wide (an operator of every namespace, the injector's webhook, the SMI APIService), and the
+# teardown test checks that a second bed leaves nothing on the host, which it can tell only when
+# nothing else starts pods or writes files meanwhile.
+alone='package(inflight-e2e) | binary_id(inflight-testbed::teardown)'
 step "tests on the test bed, side by side (cargo nextest run --run-ignored only)"
-cargo nextest run "${targets[@]}" --run-ignored only --test-threads 8 -E 'not package(inflight-e2e)'
-step "the end-to-end test, alone on the bed (e2e/tests/installed.rs)"
-cargo nextest run "${targets[@]}" --run-ignored only --no-capture -E 'package(inflight-e2e)'
+cargo nextest run "${targets[@]}" --run-ignored only --test-threads 8 -E "not ($alone)"
+step "alone on the bed: the end-to-end test (e2e/tests/installed.rs), a second bed's teardown"
+# --no-capture also runs them one at a time.
+cargo nextest run "${targets[@]}" --run-ignored only --no-capture -E "$alone"
 step "all checks passed"
