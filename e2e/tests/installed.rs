@@ -21,6 +21,12 @@ use serde_json::{json, Value};
 const TARGET: f64 = 5.0;
 const MAX: i64 = 6;
 
+/// The workload's autoscaling. KEDA decides on zero at each poll: polled every 2 s rather than
+/// its default 30, the scenes that start at zero wait 10 s and a poll for it, not up to 50 s.
+fn autoscaling() -> Value {
+    json!({"minReplicas": 0, "maxReplicas": MAX, "scaleToZeroAfter": "10s", "pollingInterval": "2s"})
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test bed (root; see README: cargo test -- --ignored)"]
 async fn testbed_the_chart_installed_with_helm_end_to_end() {
@@ -36,11 +42,7 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
     // Its first pod before the HTTPAutoscaler: KEDA scales an idle workload to zero as soon as it
     // takes it, which can be before the ReplicaSet has made a pod to look at.
     injected(&tb).await;
-    tb.apply(&hta(
-        "app",
-        json!({"minReplicas": 0, "maxReplicas": MAX, "scaleToZeroAfter": "20s"}),
-    ))
-    .unwrap();
+    tb.apply(&hta("app", autoscaling())).unwrap();
     at_zero(&tb, "app", "with no traffic").await;
 
     let svc = at(&cluster_ip(&tb, "app"), 80);
@@ -182,27 +184,21 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
         "none was held at zero"
     );
 
-    // (8) A websocket at zero: the upgrade is held, then goes through to the woken pod.
+    // (8) At zero, a websocket and a steady trickle of requests wake the workload as the
+    // operators' leader is killed: the websocket is held and then goes through, every request is
+    // answered, and the other operator completes the switch to serve mode. The trickle keeps the
+    // workload awake through the Lease's handover.
     at_zero(&tb, "app", "after the burst").await;
-    let (greeting, echo) = websocket_echo(svc, &host, "at zero").await.unwrap();
-    assert!(greeting.starts_with("connected to app-"), "{greeting}");
-    assert_eq!(echo, "at zero");
-    println!("(8) a websocket at zero: {greeting}, echoed");
-
-    // (9) The operators' leader killed as a request wakes the workload: the request is answered,
-    // and the other operator completes the switch to serve mode.
-    at_zero(&tb, "app", "after the websocket").await;
     let killed = leader(&tb);
-    let request = {
+    let load = Load::start(svc, &host, "/", "on app-", 2);
+    let websocket = {
         let host = host.clone();
-        tokio::spawn(async move {
-            let tally = Tally::default();
-            one_request(svc, &host, "/", "on app-", &tally).await;
-            tally.failures()
-        })
+        tokio::spawn(async move { websocket_echo(svc, &host, "at zero").await })
     };
     kill(&tb, &killed);
-    assert_eq!(request.await.unwrap(), Vec::<String>::new());
+    let (greeting, echo) = websocket.await.unwrap().unwrap();
+    assert!(greeting.starts_with("connected to app-"), "{greeting}");
+    assert_eq!(echo, "at zero");
     let (successor, ips) = eventually("another leader switches to serve mode", 180, || async {
         let successor = leader(&tb);
         let h = get(&tb, &["hta/app"])?;
@@ -213,20 +209,25 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
             .then_some((successor, ips))
     })
     .await;
+    let tally = load.finish().await;
+    assert_eq!(
+        tally.failures(),
+        Vec::<String>::new(),
+        "requests failed as the leader died"
+    );
     println!(
-        "(9) leader {killed} killed while waking: {successor} switched the Service to {ips:?}"
+        "(8) leader {killed} killed while waking: a websocket at zero ({greeting}) echoed, {} \
+         requests answered, {successor} switched the Service to {ips:?}",
+        tally.answered()
     );
 
-    // (10) An activator killed while holding: only what it held is affected, the rest answered.
+    // (9) An activator killed while holding: only what it held is affected, the rest answered.
     // The workload's pod cannot be scheduled (a node selector no node has) until the test lets
     // it, so requests stay held as long as needed.
     at_zero(&tb, "app", "after the leader's death").await;
-    tb.apply(&hta(
-        "app",
-        json!({"minReplicas": 0, "maxReplicas": MAX, "scaleToZeroAfter": "20s",
-               "activation": {"timeout": "180s"}}),
-    ))
-    .unwrap();
+    let mut held = autoscaling();
+    held["activation"] = json!({"timeout": "180s"});
+    tb.apply(&hta("app", held)).unwrap();
     tb.kubectl(&[
         "patch",
         "deployment",
@@ -277,7 +278,7 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
     let tally = load.finish().await;
     let failures = tally.failures();
     println!(
-        "(10) activator {victim} killed holding {victim_held} of {clients}: {} answered, {} \
+        "(9) activator {victim} killed holding {victim_held} of {clients}: {} answered, {} \
          failed: {:?}",
         tally.answered(),
         failures.len(),
@@ -288,7 +289,7 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
         "more failed than the dead activator held"
     );
 
-    // (11) `helm uninstall` with the workload at zero: nothing of inflight is left, and the
+    // (10) `helm uninstall` with the workload at zero: nothing of inflight is left, and the
     // workload it scaled is given a pod and its Service back.
     at_zero(&tb, "app", "after the activator's death").await;
     system.uninstall().unwrap();
@@ -303,7 +304,7 @@ async fn testbed_the_chart_installed_with_helm_end_to_end() {
         (tally.answered() == 1).then_some(())
     })
     .await;
-    println!("(11) helm uninstall: nothing left; app at {spec} replicas behind its own Service");
+    println!("(10) helm uninstall: nothing left; app at {spec} replicas behind its own Service");
 }
 
 fn svc_addr(tb: &TestBed) -> std::net::SocketAddr {
