@@ -24,9 +24,9 @@ use std::time::Instant;
 
 use bed::Scene;
 use clap::Parser;
-use inflight_proto::externalscaler::external_scaler_client::ExternalScalerClient;
 use inflight_testbed::cold_start::{
-    activate, inactive_stream, line, scaled_object_ref, summarise, Knobs, Request, Target,
+    activate, inactive_stream, line, scaled_object_ref, scaler_client, summarise, Knobs, Request,
+    Target,
 };
 use inflight_testbed::{eventually, TestBed};
 use serde_json::json;
@@ -64,8 +64,12 @@ async fn run(args: Args) {
     // The ScaledObjectRef KEDA sends: the operator's trigger metadata, the ScaledObject's name.
     let so = bed::get(&scene.tb, &["scaledobject/web"]).expect("the ScaledObject web");
     let object = scaled_object_ref(&so);
-    let grpc = format!("http://{}:9090", scene.aggregator_admin.ip());
-    let mut keda = ExternalScalerClient::connect(grpc.clone()).await.unwrap();
+    // KEDA's side of the scaler: mutual TLS on 9091 with the client certificate the operator
+    // made for KEDA (the Secret `keda/inflight-keda-<namespace>`, chart::operator_args).
+    let grpc = format!("inflight-aggregator.{ns}.svc:9091");
+    let mut keda = scaler_client(scene.tb.layout(), &format!("inflight-keda-{ns}"), &ns)
+        .await
+        .unwrap();
     let target = Target {
         client: scene.tb.client(),
         namespace: ns.clone(),

@@ -27,12 +27,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use clap::Parser;
 use inflight_e2e::{app, at, at_zero, hta, Installed};
-use inflight_proto::externalscaler::external_scaler_client::ExternalScalerClient;
 use inflight_testbed::cold_start::{
-    activate, inactive_stream, line, scaled_object_ref, summarise, Knobs, Request, Target,
+    activate, inactive_stream, line, scaled_object_ref, scaler_client, summarise, Knobs, Request,
+    Target,
 };
 use inflight_testbed::query::{cluster_ip, get, ready_pods, replicas};
 use inflight_testbed::traffic::send;
@@ -159,7 +158,7 @@ async fn cold_starts(tb: &TestBed, args: &Args) -> Value {
     let object = scaled_object_ref(&so);
     // KEDA's way in: the scaler Service, mutual TLS with the client certificate the operator
     // made for KEDA. Without it the push is not timed (and said so).
-    let (mut keda, no_push) = match scaler_client(tb).await {
+    let (mut keda, no_push) = match scaler_client(tb.layout(), "inflight-keda", "inflight").await {
         Ok(c) => (Some(c), None),
         Err(e) => {
             println!("installed: no StreamIsActive stream of our own ({e}): the push is not timed");
@@ -220,54 +219,6 @@ async fn cold_starts(tb: &TestBed, args: &Args) -> Value {
         r.extend(more.clone());
     }
     result
-}
-
-/// A client of the aggregator's scaler Service as KEDA is one: its ClusterIP:9091, mutual TLS
-/// with the certificate in the Secret `keda/inflight-keda`, the server known by its Service name.
-async fn scaler_client(
-    tb: &TestBed,
-) -> Result<ExternalScalerClient<tonic::transport::Channel>, String> {
-    let secret = kubectl_run(
-        tb.layout(),
-        &["-n", "keda", "get", "secret", "inflight-keda", "-o", "json"],
-    )
-    .map_err(|e| format!("the Secret keda/inflight-keda: {e}"))?;
-    let secret: Value = serde_json::from_str(&secret).map_err(|e| e.to_string())?;
-    let field = |k: &str| -> Result<Vec<u8>, String> {
-        let text = secret["data"][k].as_str().ok_or(format!("no {k}"))?;
-        base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_err(|e| format!("{k}: {e}"))
-    };
-    let ip = kubectl_run(
-        tb.layout(),
-        &[
-            "-n",
-            "inflight",
-            "get",
-            "service",
-            "inflight-aggregator",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ],
-    )
-    .map_err(|e| e.to_string())?;
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(field("ca.crt")?))
-        .identity(tonic::transport::Identity::from_pem(
-            field("tls.crt")?,
-            field("tls.key")?,
-        ))
-        .domain_name("inflight-aggregator.inflight.svc");
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}:9091", ip.trim()))
-        .map_err(|e| e.to_string())?
-        .tls_config(tls)
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .map_err(|e| format!("connect: {e:?}"))?;
-    Ok(ExternalScalerClient::new(channel))
 }
 
 fn pod_ips(tb: &TestBed, ns: &str, selector: &str) -> Vec<String> {

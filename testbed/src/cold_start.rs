@@ -37,6 +37,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use base64::Engine as _;
 use futures_util::StreamExt;
 use inflight_proto::externalscaler::external_scaler_client::ExternalScalerClient;
 use inflight_proto::externalscaler::{IsActiveResponse, ScaledObjectRef};
@@ -47,10 +48,10 @@ use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::traffic::{admin_text, send, Outcome};
-use crate::TestBed;
+use crate::{kubectl_run, Layout, TestBed};
 
 /// When each step was seen, on this process's clock.
 #[derive(Debug, Default, Clone, Copy)]
@@ -708,6 +709,54 @@ pub fn summary(mut ms: Vec<f64>) -> Value {
         "max_ms": ms.last().copied().unwrap_or(f64::NAN),
         "min_ms": ms.first().copied().unwrap_or(f64::NAN),
     })
+}
+
+/// A client of the aggregator's scaler Service as KEDA is one: the Service `inflight-aggregator`'s
+/// ClusterIP, port 9091, in `namespace`, with mutual TLS: the client certificate and CA the
+/// operator wrote to KEDA's Secret `keda/<secret>`, the server known by its Service name.
+pub async fn scaler_client(
+    layout: &Layout,
+    secret: &str,
+    namespace: &str,
+) -> Result<ExternalScalerClient<Channel>, String> {
+    let text = kubectl_run(
+        layout,
+        &["-n", "keda", "get", "secret", secret, "-o", "json"],
+    )
+    .map_err(|e| format!("the Secret keda/{secret}: {e}"))?;
+    let secret: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let field = |k: &str| -> Result<Vec<u8>, String> {
+        let text = secret["data"][k].as_str().ok_or(format!("no {k}"))?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| format!("{k}: {e}"))
+    };
+    let ip = kubectl_run(
+        layout,
+        &[
+            "-n",
+            namespace,
+            "get",
+            "service",
+            "inflight-aggregator",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+    )
+    .map_err(|e| e.to_string())?;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(field("ca.crt")?))
+        .identity(Identity::from_pem(field("tls.crt")?, field("tls.key")?))
+        .domain_name(format!("inflight-aggregator.{namespace}.svc"));
+    let channel = Endpoint::from_shared(format!("https://{}:9091", ip.trim()))
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    Ok(ExternalScalerClient::new(channel))
 }
 
 #[cfg(test)]
