@@ -5,6 +5,7 @@
 # which command failed, and its log is kept.
 #
 #   build-components.sh [packages] [kubernetes] [etcd] [coredns] [keda] [pause] [kube-router]
+#                       [helm] [cert-manager]
 #                       (default: all)
 set -euo pipefail
 
@@ -178,13 +179,27 @@ helm() {
 	touch "$dir/.done"
 }
 
-all=(packages kubernetes etcd coredns keda pause kube-router helm)
+# cert-manager's CRDs, as its module ships them (deploy/crds), for the chart's tests; nothing is built.
+cert_manager() {
+	local dir="$cache/cert-manager-$CERT_MANAGER_VERSION"
+	[[ -f $dir/.done ]] && return
+	step "cert-manager $CERT_MANAGER_VERSION (its CRDs only)"
+	rm -rf "$dir" && mkdir -p "$dir/crds"
+	local log="$dir/build.log"
+	run "$log" go mod download "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION"
+	cp "$(go env GOMODCACHE)/github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION"/deploy/crds/*.yaml "$dir/crds/"
+	chmod -R u+w "$dir/crds"
+	touch "$dir/.done"
+}
+
+all=(packages kubernetes etcd coredns keda pause kube-router helm cert-manager)
 started=$SECONDS
 for c in "${@:-${all[@]}}"; do
 	case "$c" in
 	packages | kubernetes | etcd | coredns | keda | pause) (cd / && "$c") ;;
 	kube-router) (cd / && kube_router) ;;
 	helm) (cd / && helm) ;;
+	cert-manager) (cd / && cert_manager) ;;
 	*)
 		echo "unknown component '$c' (known: ${all[*]})" >&2
 		exit 2

@@ -151,6 +151,35 @@ pub fn install_crd(layout: &crate::Layout) -> Result<(), Error> {
     .map(drop)
 }
 
+/// cert-manager's CRDs (from its module, `inflight-testbed build`), server-side applied and
+/// Established: what the chart's `tls.mode=certManager` writes can then be checked against
+/// cert-manager's schemas. Nothing of cert-manager runs.
+pub fn install_cert_manager_crds(layout: &crate::Layout) -> Result<(), Error> {
+    let crds = crate::components::cert_manager_crds();
+    crate::api::kubectl_run(
+        layout,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=inflight-tests",
+            "-f",
+            &crds.display().to_string(),
+        ],
+    )?;
+    crate::api::kubectl_run(
+        layout,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/certificates.cert-manager.io",
+            "crd/clusterissuers.cert-manager.io",
+        ],
+    )
+    .map(drop)
+}
+
 /// Applies the chart's NetworkPolicies (`networkpolicies.yaml`) in the test's namespace, as a
 /// release there would have them.
 pub fn apply_network_policies(tb: &TestBed) -> Result<(), Error> {

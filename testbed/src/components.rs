@@ -1,6 +1,7 @@
 //! The third-party parts of the cluster, built from Go modules by `scripts/build-components.sh` and
 //! cached by version under `$INFLIGHT_CACHE/testbed/`: Kubernetes, etcd, CoreDNS, KEDA, pause; for
-//! beds that enforce NetworkPolicies, kube-router; and Helm, for the chart.
+//! beds that enforce NetworkPolicies, kube-router; Helm, for the chart; and cert-manager's CRDs, for
+//! the chart's cert-manager mode.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,6 +30,7 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("pause", "KUBERNETES_VERSION"),
     (KUBE_ROUTER, "KUBE_ROUTER_VERSION"),
     (HELM, "HELM_VERSION"),
+    (CERT_MANAGER, "CERT_MANAGER_VERSION"),
 ];
 
 /// The NetworkPolicy engine: built (once) only for a bed that enforces policies
@@ -38,9 +40,13 @@ pub const KUBE_ROUTER: &str = "kube-router";
 /// Helm: built by `inflight-testbed build` (as `scripts/test.sh` does), for the tests of the chart.
 pub const HELM: &str = "helm";
 
+/// cert-manager's CRDs (`deploy/crds` of its module): fetched by `inflight-testbed build`, for the
+/// chart's tests. Its controllers are not built: the module proxy does not serve their modules.
+pub const CERT_MANAGER: &str = "cert-manager";
+
 /// What every bed needs.
 fn required(component: &str) -> bool {
-    component != KUBE_ROUTER && component != HELM
+    component != KUBE_ROUTER && component != HELM && component != CERT_MANAGER
 }
 
 fn component_dir(component: &str) -> PathBuf {
@@ -61,6 +67,11 @@ pub fn bin(component: &str, binary: &str) -> PathBuf {
 /// KEDA's kustomize configuration (`config/` of its module: CRDs, RBAC, Deployments, APIService).
 pub fn keda_config() -> PathBuf {
     component_dir("keda").join("config")
+}
+
+/// cert-manager's CRDs, one file each.
+pub fn cert_manager_crds() -> PathBuf {
+    component_dir(CERT_MANAGER).join("crds")
 }
 
 pub fn kubectl() -> PathBuf {
