@@ -127,57 +127,44 @@ pub fn uninstall(tb: &TestBed) -> Result<String, Error> {
 /// apply of a CRD that is missing (`helm uninstall` deletes it) races another's create and fails
 /// with AlreadyExists.
 pub fn install_crd(layout: &crate::Layout) -> Result<(), Error> {
-    let crd = dir().join("crds/httpautoscalers.inflight.dev.yaml");
-    crate::api::kubectl_run(
+    apply_crds(
         layout,
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=inflight-tests",
-            "-f",
-            &crd.display().to_string(),
-        ],
-    )?;
-    crate::api::kubectl_run(
-        layout,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/httpautoscalers.inflight.dev",
-        ],
+        &dir().join("crds/httpautoscalers.inflight.dev.yaml"),
+        &["crd/httpautoscalers.inflight.dev"],
     )
-    .map(drop)
 }
 
-/// cert-manager's CRDs (from its module, `inflight-testbed build`), server-side applied and
-/// Established: what the chart's `tls.mode=certManager` writes can then be checked against
+/// cert-manager's CRDs (from its module, `inflight-testbed build`), installed like
+/// [`install_crd`]: what the chart's `tls.mode=certManager` writes can then be checked against
 /// cert-manager's schemas. Nothing of cert-manager runs.
 pub fn install_cert_manager_crds(layout: &crate::Layout) -> Result<(), Error> {
-    let crds = crate::components::cert_manager_crds();
-    crate::api::kubectl_run(
+    apply_crds(
         layout,
+        &crate::components::cert_manager_crds(),
         &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=inflight-tests",
-            "-f",
-            &crds.display().to_string(),
-        ],
-    )?;
-    crate::api::kubectl_run(
-        layout,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
             "crd/certificates.cert-manager.io",
             "crd/clusterissuers.cert-manager.io",
         ],
     )
-    .map(drop)
+}
+
+/// Server-side applies the CRDs of `path` (a file or a directory), then waits until each of
+/// `established` is served.
+fn apply_crds(layout: &crate::Layout, path: &Path, established: &[&str]) -> Result<(), Error> {
+    crate::api::kubectl_run(
+        layout,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=inflight-tests",
+            "-f",
+            &path.display().to_string(),
+        ],
+    )?;
+    let mut wait = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+    wait.extend_from_slice(established);
+    crate::api::kubectl_run(layout, &wait).map(drop)
 }
 
 /// Applies the chart's NetworkPolicies (`networkpolicies.yaml`) in the test's namespace, as a
