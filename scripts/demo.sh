@@ -45,7 +45,6 @@ trap 'echo "demo.sh: failed at line $LINENO: $BASH_COMMAND (exit $?)" >&2' ERR
 # shellcheck source=lib/testbed.sh
 source scripts/lib/testbed.sh
 prepare_testbed
-profile=${INFLIGHT_IMAGE_PROFILE:-bed}
 cargo build --profile "$profile" --locked -p kubectl-inflight
 inflight="$CARGO_TARGET_DIR/$profile/kubectl-inflight"
 load_bin="$CARGO_TARGET_DIR/$profile/inflight-demo-app"
